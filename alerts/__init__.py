@@ -1,0 +1,1 @@
+"""Alerting: alert lifecycle, grouping, routing, silences and notifiers."""

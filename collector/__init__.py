@@ -1,0 +1,1 @@
+"""Governor collectors: turn spans, Prometheus text and NVML readings into typed rows."""

@@ -1,0 +1,91 @@
+"""The FastAPI application: shared context, error shapes, route discovery, self-metrics."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import Counter, Histogram
+
+from controlplane.api import routes as _routes
+from controlplane.errors import ConfigError, StoreError, StoreUnavailable
+
+if TYPE_CHECKING:
+    from controlplane.server import AppContext
+
+log = logging.getLogger(__name__)
+
+
+def _validation_message(exc: RequestValidationError) -> list[dict[str, str]]:
+    out = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        out.append({"field": loc, "error": str(err.get("msg", ""))})
+    return out
+
+
+def create_app(ctx: AppContext) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ctx.start()
+        try:
+            yield
+        finally:
+            ctx.stop()
+
+    app = FastAPI(title="Governor", version="0.1.0", lifespan=lifespan)
+    app.state.ctx = ctx
+
+    requests_total = Counter(
+        "governor_http_requests", "HTTP requests served", ["route", "method", "code"],
+        registry=ctx.registry,
+    )
+    latency = Histogram(
+        "governor_http_request_duration_seconds", "HTTP request latency", ["route"],
+        registry=ctx.registry,
+    )
+
+    @app.middleware("http")
+    async def _metrics(request: Request, call_next):  # type: ignore[no-untyped-def]
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        requests_total.labels(path, request.method, str(response.status_code)).inc()
+        latency.labels(path).observe(time.perf_counter() - start)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = _validation_message(exc)
+        summary = "; ".join(f"{p['field']}: {p['error']}" for p in problems)
+        return JSONResponse({"error": f"invalid request: {summary}", "problems": problems}, 400)
+
+    @app.exception_handler(ConfigError)
+    async def _bad_config(request: Request, exc: ConfigError) -> JSONResponse:
+        problems = [{"field": p.path, "error": p.message} for p in exc.problems]
+        return JSONResponse({"error": str(exc), "problems": problems}, 400)
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store_down(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        return JSONResponse({"error": f"store unavailable: {exc}"}, 503)
+
+    @app.exception_handler(StoreError)
+    async def _store_error(request: Request, exc: StoreError) -> JSONResponse:
+        log.error("store error on %s: %s", request.url.path, exc)
+        return JSONResponse({"error": f"store error: {exc}"}, 500)
+
+    for info in sorted(pkgutil.iter_modules(_routes.__path__), key=lambda i: i.name):
+        mod = importlib.import_module(f"{_routes.__name__}.{info.name}")
+        router = getattr(mod, "router", None)
+        if router is not None:
+            app.include_router(router)
+    return app

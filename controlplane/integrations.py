@@ -1,0 +1,7 @@
+"""Imports every module that plugs components into ``governor serve``.
+
+Each imported module calls ``controlplane.server.register_builder`` at import time.
+Add one import line per integration; keep this file free of logic.
+"""
+
+from __future__ import annotations

@@ -1,0 +1,245 @@
+"""Embedded ClickHouse (chDB) driver: a data directory on local disk, no server.
+
+chDB runs one embedded server per process and per data directory, so this module keeps
+one shared session per process (several ``ChdbStore`` objects, one per database, share
+it) and serializes access with a lock. Another process is kept out with an advisory
+lock file, so a second ``governor serve`` on the same directory fails with a clear
+message instead of chDB's opaque one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from controlplane.errors import QueryError, StoreError, StoreLocked, StoreUnavailable
+from controlplane.store.base import QueryResult, StoreStatus, check_identifier
+from controlplane.store.columns import to_arrow
+
+_LOCK_FILE = ".governor.lock"
+# Errors that mean the engine itself is unusable rather than the statement being wrong.
+_UNAVAILABLE = re.compile(r"EmbeddedServer|Failed to create connection|Cannot lock file")
+
+
+class _Embedded:
+    """The process-wide chDB session and its guards."""
+
+    def __init__(self, path: Path) -> None:
+        from chdb import session as chs
+
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(path / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._lock_fd, 64, 0).decode(errors="replace").strip()
+            os.close(self._lock_fd)
+            raise StoreLocked(
+                f"data directory {path} is in use by another process (pid {holder or '?'}); "
+                "chDB allows one process per directory: stop it, or use --data-dir elsewhere, "
+                "or talk to it through its API"
+            ) from None
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, str(os.getpid()).encode(), 0)
+        try:
+            self.session = chs.Session(str(path))
+        except Exception as exc:
+            self._release()
+            raise StoreUnavailable(f"cannot open embedded store at {path}: {exc}") from exc
+        self.lock = threading.RLock()
+        self.current_db: str | None = None
+        self.refs = 0
+
+    def _release(self) -> None:
+        fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        os.close(self._lock_fd)
+
+    def close(self) -> None:
+        try:
+            self.session.close()
+        finally:
+            self._release()
+
+
+_registry_lock = threading.Lock()
+_embedded: _Embedded | None = None
+
+
+def _acquire(path: Path) -> _Embedded:
+    global _embedded
+    with _registry_lock:
+        if _embedded is not None and _embedded.path != path:
+            raise StoreError(
+                f"this process already uses the embedded store at {_embedded.path}; "
+                f"chDB allows one data directory per process (asked for {path})"
+            )
+        if _embedded is None:
+            _embedded = _Embedded(path)
+        _embedded.refs += 1
+        return _embedded
+
+
+def _release(emb: _Embedded) -> None:
+    global _embedded
+    with _registry_lock:
+        emb.refs -= 1
+        if emb.refs == 0:
+            emb.close()
+            _embedded = None
+
+
+def format_param(value: Any) -> Any:
+    """chDB binds parameters from their text form; give it ClickHouse literals."""
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value.isoformat(sep=" ")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, list | tuple):
+        inner = ",".join(_array_item(v) for v in value)
+        return f"[{inner}]"
+    return value
+
+
+def _array_item(v: Any) -> str:
+    if isinstance(v, str):
+        return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return str(format_param(v))
+
+
+class ChdbStore:
+    driver = "chdb"
+
+    def __init__(self, path: str | os.PathLike[str], database: str = "governor") -> None:
+        self.database = check_identifier(database, "database name")
+        self.path = Path(path).resolve()
+        self._emb = _acquire(self.path)
+        self._types: dict[str, dict[str, str]] = {}
+        self._closed = False
+        try:
+            with self._emb.lock:
+                self._raw(
+                    f"CREATE DATABASE IF NOT EXISTS {self.database}", None, "CSV", use_db=False
+                )
+        except Exception:
+            self.close()
+            raise
+
+    # -- low level -------------------------------------------------------------------
+    def _raw(
+        self, sql: str, params: Mapping[str, Any] | None, fmt: str, *, use_db: bool = True
+    ) -> Any:
+        if self._closed:
+            raise StoreUnavailable("store is closed")
+        emb = self._emb
+        with emb.lock:
+            try:
+                if use_db and emb.current_db != self.database:
+                    emb.session.query(f"USE {self.database}", "CSV")
+                    emb.current_db = self.database
+                bound = {k: format_param(v) for k, v in (params or {}).items()}
+                return emb.session.query(sql, fmt, params=bound) if bound else (
+                    emb.session.query(sql, fmt)
+                )
+            except Exception as exc:
+                msg = str(exc)
+                if _UNAVAILABLE.search(msg):
+                    raise StoreUnavailable(f"embedded store unavailable: {msg}") from exc
+                raise QueryError(_first_line(msg)) from exc
+
+    # -- Store protocol ----------------------------------------------------------------
+    def command(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+        self._raw(sql, params, "CSV")
+        if sql.lstrip().upper().startswith(("CREATE", "ALTER", "DROP")):
+            self._types.clear()
+
+    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> QueryResult:
+        table: pa.Table = self._raw(sql, params, "ArrowTable")
+        cols = table.column_names
+        data = table.to_pydict()
+        rows = list(zip(*(data[c] for c in cols), strict=True)) if cols else []
+        return QueryResult(columns=cols, rows=rows)
+
+    def query_df(self, sql: str, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
+        df: pd.DataFrame = self._raw(sql, params, "DataFrame")
+        return df
+
+    def column_types(self, table: str) -> dict[str, str]:
+        check_identifier(table, "table name")
+        if table not in self._types:
+            res = self.query(
+                "SELECT name, type FROM system.columns WHERE database = {db:String} "
+                "AND table = {t:String} ORDER BY position",
+                {"db": self.database, "t": table},
+            )
+            if not res.rows:
+                raise QueryError(f"unknown table {table!r} in database {self.database!r}")
+            self._types[table] = {r[0]: r[1] for r in res.rows}
+        return self._types[table]
+
+    def insert_rows(
+        self,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        *,
+        dedup_token: str | None = None,
+    ) -> None:
+        if not rows:
+            return
+        self._insert_arrow(table, to_arrow(columns, rows, self.column_types(table)), dedup_token)
+
+    def insert_df(self, table: str, df: pd.DataFrame, *, dedup_token: str | None = None) -> None:
+        if df.empty:
+            return
+        self.column_types(table)  # validates the table name and that it exists
+        self._insert_arrow(table, pa.Table.from_pandas(df, preserve_index=False), dedup_token)
+
+    def _insert_arrow(self, table: str, data: pa.Table, dedup_token: str | None) -> None:
+        cols = ", ".join(check_identifier(c, "column name") for c in data.column_names)
+        settings = ""
+        if dedup_token is not None:
+            token = dedup_token.replace("\\", "\\\\").replace("'", "\\'")
+            settings = (
+                f" SETTINGS insert_deduplication_token = '{token}',"
+                " deduplicate_blocks_in_dependent_materialized_views = 1"
+            )
+        # chDB's Python() table function reads the local variable named in the SQL.
+        arrow_data = data  # noqa: F841 - referenced by name in the statement below
+        self._raw(
+            f"INSERT INTO {table} ({cols}){settings} SELECT * FROM Python(arrow_data)",
+            None,
+            "CSV",
+        )
+
+    def status(self) -> StoreStatus:
+        from controlplane.store.migrate import current_version
+
+        try:
+            version = current_version(self)
+        except StoreError as exc:
+            return StoreStatus(False, self.driver, self.database, 0, str(exc))
+        return StoreStatus(True, self.driver, self.database, version, str(self.path))
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            _release(self._emb)
+
+
+def _first_line(msg: str) -> str:
+    line = msg.strip().splitlines()[0] if msg.strip() else msg
+    return line[:2000]

@@ -1,0 +1,1 @@
+"""The Streamlit console for SREs; reads only through Governor's API."""
