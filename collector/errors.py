@@ -1,0 +1,33 @@
+"""Exceptions of the collector package.
+
+    CollectorError
+    ├── SpanMappingError         an LLM span whose values cannot make a request row
+    └── OtlpDecodeError          an OTLP/HTTP body that is not a valid trace export
+        ├── UnsupportedContent   content type or encoding the receiver does not speak
+        └── PayloadTooLarge      the body (after decompression) exceeds the size limit
+
+Adapters translate third-party exceptions (protobuf, json, gzip) into these with
+``raise ... from exc``. Other collector modules add their own subclasses here.
+"""
+
+from __future__ import annotations
+
+
+class CollectorError(Exception):
+    """Base of every error the collector package raises on purpose."""
+
+
+class SpanMappingError(CollectorError, ValueError):
+    """A span was recognised as an LLM request but its attributes are unusable."""
+
+
+class OtlpDecodeError(CollectorError, ValueError):
+    """The body is not a valid OTLP ``ExportTraceServiceRequest``; the message says why."""
+
+
+class UnsupportedContent(OtlpDecodeError):
+    """The content type or content encoding is not one the receiver accepts."""
+
+
+class PayloadTooLarge(OtlpDecodeError):
+    """The body, or what it decompresses to, is larger than the configured limit."""
