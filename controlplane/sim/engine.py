@@ -1,0 +1,489 @@
+"""A vLLM-style continuous-batching engine model, in simulated time.
+
+The engine never sleeps: ``step(now_s)`` runs one scheduler iteration that starts at
+``now_s`` and returns how long it takes and what happened at its end. A live replica calls
+it in a loop and sleeps ``duration_s``; a backtest advances a virtual clock instead. Both
+run this same code.
+
+Scheduling follows vLLM v1: one token budget per iteration (``max_num_batched_tokens``)
+spent on running sequences first (decode = 1 token, prefill = a chunk), then on waiting
+requests in (priority, arrival) order while ``max_num_seqs`` and free KV blocks allow. KV
+blocks of ``block_size`` tokens are allocated as tokens are computed; when a running
+sequence needs a block and none is free, the lowest-priority, latest-arriving running
+sequence is preempted by recompute (its blocks freed, its tokens computed again later).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from controlplane.sim.calibration import LLAMA31_8B_H100_VLLM, EngineParams
+from controlplane.sim.errors import SimError
+
+__all__ = [
+    "LLAMA31_8B_H100_VLLM",
+    "Engine",
+    "EngineParams",
+    "EngineStats",
+    "RequestRejected",
+    "RequestTiming",
+    "SimRequest",
+    "StepResult",
+]
+
+FINISH_STOP = "stop"
+FINISH_LENGTH = "length"
+FINISH_ABORT = "abort"
+
+
+class RequestRejected(SimError, ValueError):
+    """The engine cannot take this request (bad sizes, too long, duplicate id)."""
+
+
+@dataclass(frozen=True)
+class SimRequest:
+    """``output_tokens`` is how many tokens the model would generate before stopping;
+    ``max_tokens`` (the client's cap) ends it earlier with finish reason ``length``.
+    Priorities follow vLLM: a lower number is scheduled first."""
+
+    id: str
+    arrival_s: float
+    input_tokens: int
+    output_tokens: int
+    max_tokens: int | None = None
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class RequestTiming:
+    """Per-request timestamps (engine time, seconds) for vLLM-style histograms."""
+
+    id: str
+    arrival_s: float
+    scheduled_s: float | None
+    first_token_s: float | None
+    finish_s: float
+    prompt_tokens: int
+    generation_tokens: int
+    finish_reason: str
+    preemptions: int
+    priority: int
+
+    @property
+    def ttft_s(self) -> float | None:
+        return None if self.first_token_s is None else self.first_token_s - self.arrival_s
+
+    @property
+    def queue_s(self) -> float | None:
+        return None if self.scheduled_s is None else self.scheduled_s - self.arrival_s
+
+    @property
+    def prefill_s(self) -> float | None:
+        if self.first_token_s is None or self.scheduled_s is None:
+            return None
+        return self.first_token_s - self.scheduled_s
+
+    @property
+    def decode_s(self) -> float | None:
+        return None if self.first_token_s is None else self.finish_s - self.first_token_s
+
+    @property
+    def e2e_s(self) -> float:
+        return self.finish_s - self.arrival_s
+
+    @property
+    def tpot_s(self) -> float | None:
+        """Mean time per output token after the first (vLLM's TPOT / mean ITL)."""
+        d = self.decode_s
+        if d is None or self.generation_tokens < 2:
+            return None
+        return d / (self.generation_tokens - 1)
+
+
+@dataclass
+class StepResult:
+    """What one call to ``step`` did. ``duration_s`` is 0 when there was nothing to do;
+    every event happened at ``now_s + duration_s``."""
+
+    duration_s: float = 0.0
+    first_token: list[str] = field(default_factory=list)
+    tokens: dict[str, int] = field(default_factory=dict)
+    finished: dict[str, str] = field(default_factory=dict)
+    preempted: list[str] = field(default_factory=list)
+    completed: list[RequestTiming] = field(default_factory=list)
+    iterations: int = 0
+    batched_tokens: int = 0
+
+    @property
+    def idle(self) -> bool:
+        return self.iterations == 0
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    running: int
+    waiting: int
+    kv_usage: float  # 0..1 of the KV block pool
+    num_gpu_blocks: int
+    used_blocks: int
+    num_preemptions_total: int
+    prompt_tokens_total: int
+    generation_tokens_total: int
+    prefix_cache_queries_total: int
+    prefix_cache_hits_total: int  # prefix reuse is not modelled: always 0
+    request_success_total: dict[str, int]
+    iterations_total: int
+    busy_s_total: float  # time spent in iterations
+    compute_bound_s_total: float  # part of busy time limited by FLOPs (tensor activity)
+    weights_bytes: float
+    kv_pool_bytes: float
+    kv_used_bytes: float
+    ready: bool
+
+
+@dataclass
+class _Seq:
+    req: SimRequest
+    target: int  # tokens this request will generate in total
+    key: tuple[int, float, int]
+    num_generated: int = 0
+    num_computed: int = 0
+    blocks: int = 0
+    scheduled_s: float | None = None
+    first_token_s: float | None = None
+    preemptions: int = 0
+    is_running: bool = False
+
+    @property
+    def num_tokens(self) -> int:
+        return self.req.input_tokens + self.num_generated
+
+
+class Engine:
+    """One replica's engine. Not thread-safe: the caller serializes access."""
+
+    def __init__(self, params: EngineParams = LLAMA31_8B_H100_VLLM, *, ready_at_s: float = 0.0):
+        self.params = params
+        self.ready_at_s = ready_at_s
+        self.slowdown = 1.0  # step time multiplier (thermal throttling, slow replica)
+        self._free = params.num_gpu_blocks
+        self._waiting: list[tuple[tuple[int, float, int], _Seq]] = []
+        self._running: list[_Seq] = []
+        self._ids: dict[str, _Seq] = {}
+        self._seq_no = itertools.count()
+        self._preemptions = 0
+        self._prompt_tokens = 0
+        self._gen_tokens = 0
+        self._finished: dict[str, int] = {}
+        self._iterations = 0
+        self._busy_s = 0.0
+        self._compute_s = 0.0
+        # Roofline constants, precomputed once.
+        p = params
+        self._flops_rate = p.peak_flops * p.compute_efficiency
+        self._bytes_rate = p.hbm_bytes_per_s * p.memory_efficiency
+        self._attn_flops = 4.0 * p.n_layers * p.hidden_size
+
+    @classmethod
+    def launch(
+        cls, params: EngineParams, now_s: float, cold_start_s: float | None = None
+    ) -> Engine:
+        """An engine whose process starts at ``now_s``: it serves after the cold start."""
+        delay = params.cold_start_s if cold_start_s is None else cold_start_s
+        return cls(params, ready_at_s=now_s + delay)
+
+    # -- requests -----------------------------------------------------------------------
+
+    def submit(self, req: SimRequest) -> None:
+        p = self.params
+        if req.id in self._ids:
+            raise RequestRejected(f"request {req.id!r} is already in the engine")
+        if req.input_tokens < 1 or req.output_tokens < 1:
+            raise RequestRejected(
+                f"request {req.id!r}: input_tokens ({req.input_tokens}) and output_tokens "
+                f"({req.output_tokens}) must be >= 1"
+            )
+        if req.max_tokens is not None and req.max_tokens < 1:
+            raise RequestRejected(f"request {req.id!r}: max_tokens must be >= 1")
+        if req.input_tokens >= p.max_model_len:
+            raise RequestRejected(
+                f"request {req.id!r}: {req.input_tokens} prompt tokens exceed max_model_len "
+                f"{p.max_model_len}"
+            )
+        target = req.output_tokens
+        if req.max_tokens is not None:
+            target = min(target, req.max_tokens)
+        target = min(target, p.max_model_len - req.input_tokens)
+        if self._blocks_for(req.input_tokens + target) > p.num_gpu_blocks:
+            raise RequestRejected(
+                f"request {req.id!r}: {req.input_tokens + target} tokens exceed the KV cache "
+                f"({p.kv_cache_tokens} tokens)"
+            )
+        key = (req.priority, req.arrival_s, next(self._seq_no))
+        seq = _Seq(req=req, target=target, key=key)
+        self._ids[req.id] = seq
+        heapq.heappush(self._waiting, (key, seq))
+
+    def cancel(self, request_id: str, now_s: float | None = None) -> RequestTiming | None:
+        """Abort a request (client went away); returns its timing, None if unknown."""
+        seq = self._ids.pop(request_id, None)
+        if seq is None:
+            return None
+        if seq.is_running:
+            self._running.remove(seq)
+            seq.is_running = False
+            self._free += seq.blocks
+            seq.blocks = 0
+        else:
+            self._waiting = [(k, s) for k, s in self._waiting if s is not seq]
+            heapq.heapify(self._waiting)
+        self._finished[FINISH_ABORT] = self._finished.get(FINISH_ABORT, 0) + 1
+        t = now_s if now_s is not None else seq.req.arrival_s
+        return self._timing(seq, t, FINISH_ABORT)
+
+    def has_work(self) -> bool:
+        return bool(self._running or self._waiting)
+
+    def in_flight(self) -> int:
+        return len(self._ids)
+
+    # -- iterations ---------------------------------------------------------------------
+
+    def step(self, now_s: float, *, horizon_s: float | None = None) -> StepResult:
+        """Run one iteration starting at ``now_s``.
+
+        With ``horizon_s``, following decode-only iterations are fused into this call
+        while nothing else can change (no admission, no block shortage, no finish before
+        the last) and they start before ``horizon_s``; the outcome is the same as calling
+        ``step`` once per iteration, only cheaper. Backtests pass the next arrival time.
+        """
+        result = StepResult()
+        if now_s < self.ready_at_s or not (self._running or self._waiting):
+            return result
+        self._iteration(now_s, result)
+        if horizon_s is not None:
+            self._fuse_decode(now_s, horizon_s, result)
+        return result
+
+    def _blocks_for(self, tokens: int) -> int:
+        return -(-tokens // self.params.block_size)
+
+    def _preempt(self, seq: _Seq, result: StepResult) -> None:
+        self._running.remove(seq)
+        seq.is_running = False
+        self._free += seq.blocks
+        seq.blocks = 0
+        seq.num_computed = 0
+        seq.preemptions += 1
+        self._preemptions += 1
+        result.preempted.append(seq.req.id)
+        heapq.heappush(self._waiting, (seq.key, seq))
+
+    def _iteration(self, now_s: float, result: StepResult) -> None:
+        p = self.params
+        budget = p.max_num_batched_tokens
+        scheduled: list[tuple[_Seq, int]] = []
+        preempted_now = False
+        for seq in list(self._running):
+            if budget <= 0:
+                break
+            if not seq.is_running:
+                continue  # preempted earlier in this loop
+            n_new = min(seq.num_tokens - seq.num_computed, budget)
+            need = self._blocks_for(seq.num_computed + n_new) - seq.blocks
+            while need > self._free:
+                victim = max(self._running, key=lambda s: s.key)
+                self._preempt(victim, result)
+                preempted_now = True
+                if victim is seq:
+                    break
+            if not seq.is_running:
+                continue
+            self._free -= need
+            seq.blocks += need
+            scheduled.append((seq, n_new))
+            budget -= n_new
+        if preempted_now:
+            # A sequence scheduled early in the loop may have been preempted later on.
+            kept = [(s, n) for s, n in scheduled if s.is_running]
+            budget += sum(n for _, n in scheduled) - sum(n for _, n in kept)
+            scheduled = kept
+        if not preempted_now:
+            while self._waiting and budget > 0 and len(self._running) < p.max_num_seqs:
+                seq = self._waiting[0][1]
+                n_new = min(seq.num_tokens - seq.num_computed, budget)
+                need = self._blocks_for(n_new)
+                if need > self._free:
+                    break  # FCFS: the head waits, nobody overtakes it
+                heapq.heappop(self._waiting)
+                self._free -= need
+                seq.blocks = need
+                if seq.scheduled_s is None:
+                    seq.scheduled_s = now_s
+                self._running.append(seq)
+                seq.is_running = True
+                scheduled.append((seq, n_new))
+                budget -= n_new
+        if not scheduled:
+            return
+        tokens = 0
+        attn = 0.0
+        kv_read = 0
+        for seq, n in scheduled:
+            tokens += n
+            attn += n * (seq.num_computed + n / 2)
+            kv_read += seq.num_computed + n
+        duration = self._duration(tokens, attn, kv_read, len(scheduled))
+        end = now_s + duration
+        self._account(result, duration, tokens)
+        for seq, n in scheduled:
+            seq.num_computed += n
+            if seq.num_computed < seq.num_tokens:
+                continue  # prefill chunk, no token yet
+            self._emit(seq, 1, end, result)
+
+    def _duration(self, tokens: int, attn: float, kv_read_tokens: int, n_seqs: int) -> float:
+        """Roofline step time; ``attn`` is the sum over sequences of new x context tokens."""
+        p = self.params
+        compute = (2.0 * p.n_params * tokens + self._attn_flops * attn) / self._flops_rate
+        memory = (p.weights_bytes + kv_read_tokens * p.kv_bytes_per_token) / self._bytes_rate
+        if compute > memory:
+            self._compute_s += compute * self.slowdown
+        return (max(compute, memory) + p.step_overhead_s + p.per_seq_overhead_s * n_seqs) * (
+            self.slowdown
+        )
+
+    def _account(self, result: StepResult, duration: float, tokens: int) -> None:
+        result.duration_s += duration
+        result.iterations += 1
+        result.batched_tokens += tokens
+        self._iterations += 1
+        self._busy_s += duration
+
+    def _emit(self, seq: _Seq, n: int, at_s: float, result: StepResult) -> None:
+        rid = seq.req.id
+        seq.num_generated += n
+        self._gen_tokens += n
+        result.tokens[rid] = result.tokens.get(rid, 0) + n
+        if seq.first_token_s is None:
+            seq.first_token_s = at_s
+            self._prompt_tokens += seq.req.input_tokens
+            result.first_token.append(rid)
+        if seq.num_generated >= seq.target:
+            reason = FINISH_STOP if seq.target >= seq.req.output_tokens else FINISH_LENGTH
+            self._running.remove(seq)
+            seq.is_running = False
+            self._free += seq.blocks
+            seq.blocks = 0
+            del self._ids[rid]
+            self._finished[reason] = self._finished.get(reason, 0) + 1
+            result.finished[rid] = reason
+            result.completed.append(self._timing(seq, at_s, reason))
+
+    def _timing(self, seq: _Seq, finish_s: float, reason: str) -> RequestTiming:
+        return RequestTiming(
+            id=seq.req.id,
+            arrival_s=seq.req.arrival_s,
+            scheduled_s=seq.scheduled_s,
+            first_token_s=seq.first_token_s,
+            finish_s=finish_s,
+            prompt_tokens=seq.req.input_tokens,
+            generation_tokens=seq.num_generated,
+            finish_reason=reason,
+            preemptions=seq.preemptions,
+            priority=seq.req.priority,
+        )
+
+    # -- fused decode -------------------------------------------------------------------
+
+    def _waiting_blocked(self) -> bool:
+        """True if the waiting head cannot be admitted and stays so while only decodes run
+        (decodes only take blocks and keep the running count)."""
+        if not self._waiting:
+            return True
+        p = self.params
+        if len(self._running) >= p.max_num_seqs:
+            return True
+        head = self._waiting[0][1]
+        budget = p.max_num_batched_tokens - len(self._running)
+        if budget <= 0:
+            return True
+        return self._blocks_for(min(head.num_tokens, budget)) > self._free
+
+    def _fuse_decode(self, now_s: float, horizon_s: float, result: StepResult) -> None:
+        running = self._running
+        n = len(running)
+        if n == 0 or n > self.params.max_num_batched_tokens:
+            return
+        if any(s.num_tokens - s.num_computed != 1 for s in running):
+            return
+        if not self._waiting_blocked():
+            return
+        k_max = min(s.target - s.num_generated for s in running)
+        bs = self.params.block_size
+
+        def blocks_needed(k: int) -> int:
+            return sum(-(-(s.num_computed + k) // bs) - s.blocks for s in running)
+
+        if blocks_needed(k_max) > self._free:
+            lo, hi = 0, k_max  # largest k with enough blocks
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if blocks_needed(mid) <= self._free:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            k_max = lo
+        ctx = sum(s.num_computed for s in running)
+        t = now_s + result.duration_s
+        k = 0
+        while k < k_max and t < horizon_s:
+            d = self._duration(n, n * 0.5 + ctx, ctx + n, n)
+            self._account(result, d, n)
+            t += d
+            ctx += n
+            k += 1
+        if k == 0:
+            return
+        for s in list(running):
+            s.num_computed += k
+            new_blocks = -(-s.num_computed // bs) - s.blocks
+            self._free -= new_blocks
+            s.blocks += new_blocks
+        for s in list(running):
+            self._emit(s, k, t, result)
+
+    # -- observation --------------------------------------------------------------------
+
+    def stats(self) -> EngineStats:
+        p = self.params
+        used = p.num_gpu_blocks - self._free
+        return EngineStats(
+            running=len(self._running),
+            waiting=len(self._waiting),
+            kv_usage=used / p.num_gpu_blocks,
+            num_gpu_blocks=p.num_gpu_blocks,
+            used_blocks=used,
+            num_preemptions_total=self._preemptions,
+            prompt_tokens_total=self._prompt_tokens,
+            generation_tokens_total=self._gen_tokens,
+            prefix_cache_queries_total=self._prompt_tokens,
+            prefix_cache_hits_total=0,
+            request_success_total=dict(self._finished),
+            iterations_total=self._iterations,
+            busy_s_total=self._busy_s,
+            compute_bound_s_total=self._compute_s,
+            weights_bytes=p.weights_bytes,
+            kv_pool_bytes=p.num_gpu_blocks * p.block_size * p.kv_bytes_per_token,
+            kv_used_bytes=used * p.block_size * p.kv_bytes_per_token,
+            ready=True,
+        )
+
+    def is_ready(self, now_s: float) -> bool:
+        return now_s >= self.ready_at_s
+
+    def request_ids(self) -> Iterable[str]:
+        return list(self._ids)
