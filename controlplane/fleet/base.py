@@ -7,13 +7,15 @@ runs live.
 
 Replica lifecycle::
 
-    start -> STARTING --(cold start done)--> SERVING --drain--> DRAINING --(idle)--> STOPPED
-                                               ^                    |
-                                               +------undrain-------+
+    start -> STARTING --(cold start done)--> SERVING --drain--> DRAINING --(idle)--> DRAINED
+                                               ^                    |                   |
+                                               +------undrain-------+-------------------+
     any state --stop--> STOPPED (in-flight requests are cut)      crash/XID -> FAILED
 
 Only SERVING replicas receive new requests. ``scale_to`` counts STARTING and SERVING
-replicas ("active"); DRAINING ones are on their way out and do not count.
+replicas ("active"); DRAINING/DRAINED ones do not count. A replica drained by
+``scale_to`` is stopped by the fleet once DRAINED; one drained by ``drain`` stays DRAINED
+(kept warm, e.g. for maintenance) until ``undrain`` or ``stop``.
 """
 
 from __future__ import annotations
@@ -45,11 +47,13 @@ class ReplicaState(StrEnum):
     STARTING = "starting"
     SERVING = "serving"
     DRAINING = "draining"
+    DRAINED = "drained"
     STOPPED = "stopped"
     FAILED = "failed"
 
 
 ACTIVE_STATES = frozenset({ReplicaState.STARTING, ReplicaState.SERVING})
+WARM_STATES = frozenset({ReplicaState.DRAINING, ReplicaState.DRAINED})
 
 
 @dataclass(frozen=True)
@@ -111,16 +115,16 @@ class Fleet(Protocol):
         ...
 
     def drain(self, replica_id: str) -> None:
-        """Stop routing new requests to the replica; it stops once idle."""
+        """Stop routing new requests to the replica; it is DRAINED once idle."""
         ...
 
     def undrain(self, replica_id: str) -> None:
-        """Put a DRAINING replica back into service."""
+        """Put a DRAINING or DRAINED replica back into service."""
         ...
 
     def scale_to(self, pool: str, n: int) -> list[str]:
         """Make the count of active replicas ``n``: undrain or start to grow, drain the
-        newest to shrink. Returns the ids of replicas acted on."""
+        newest to shrink (stopped once drained). Returns the ids of replicas acted on."""
         ...
 
     def set_admission_limits(self, pool: str, limits: Sequence[AdmissionLimit]) -> None:
@@ -137,14 +141,15 @@ def active_count(replicas: Sequence[Replica]) -> int:
 def plan_scale(replicas: Sequence[Replica], n: int) -> tuple[list[str], int, list[str]]:
     """Shared ``scale_to`` arithmetic: (ids to undrain, replicas to start, ids to drain).
 
-    Growing reuses DRAINING replicas first (they are warm), then starts new ones; shrinking
+    Growing reuses DRAINING/DRAINED replicas first (they are warm), then starts new ones;
+    shrinking
     drains STARTING replicas before SERVING ones (they serve nobody yet), newest first.
     """
     if n < 0:
         raise FleetError(f"cannot scale to {n} replicas")
     active = [r for r in replicas if r.active]
     if n > len(active):
-        draining = [r for r in replicas if r.state is ReplicaState.DRAINING]
+        draining = [r for r in replicas if r.state in WARM_STATES]
         draining.sort(key=lambda r: r.started_at, reverse=True)
         undrain = [r.id for r in draining[: n - len(active)]]
         return undrain, n - len(active) - len(undrain), []
