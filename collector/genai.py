@@ -168,7 +168,8 @@ def map_span(
     if decode_s is not None and decode_s > 0 and output_tokens > 1:
         tps = (output_tokens - 1) / decode_s
 
-    error_type = _text(attrs.get(ERROR_TYPE))
+    raw_error = attrs.get(ERROR_TYPE)
+    error_type = _text(raw_error) if raw_error is not None else ""
     failed = span.status_error or bool(error_type)
     if failed and not error_type:
         error_type = "_OTHER"  # the OTel convention's value when the cause is unknown

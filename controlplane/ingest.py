@@ -1,0 +1,187 @@
+"""``governor serve`` integration of the OTLP receiver: decode -> map (with cost) -> writer.
+
+The route (``controlplane/api/routes/otlp.py``) hands raw bodies to ``OtlpIngest``, kept in
+``ctx.services["otlp_ingest"]``. Rows go to the shared ``collector.writer.Writer``
+(``ctx.services["writer"]``; created here if no other integration made one), which
+batches them into the store and spools them while the store is down.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter
+
+from collector.errors import SpanMappingError
+from collector.genai import AttributeMapping, Pricer, map_span
+from collector.otlp import decode
+from collector.records import Sink
+from controlplane.config import GovernorConfig
+from controlplane.errors import ConfigError, Problem, QueryError
+from controlplane.server import AppContext, register_builder
+
+log = logging.getLogger(__name__)
+
+SERVICE = "otlp_ingest"
+WRITER_SERVICE = "writer"
+# At most this many mapping problems are quoted back in a partial-success message.
+_MAX_QUOTED = 3
+
+
+def mapping_from_config(cfg: GovernorConfig) -> AttributeMapping:
+    ing = cfg.ingest
+    return AttributeMapping(
+        pool_keys=tuple(ing.pool_keys),
+        replica_keys=tuple(ing.replica_keys),
+        model_keys=tuple(ing.model_keys),
+        tenant_keys=tuple(ing.tenant_keys),
+        priority_keys=tuple(ing.priority_keys),
+        pool_by_model={p.model: p.name for p in cfg.pools},
+        default_pool=ing.default_pool,
+        keep_attributes=tuple(ing.keep_attributes),
+        span_kinds=tuple(ing.span_kinds),
+    )
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What one export request yielded; ``message`` explains rejected spans, if any."""
+
+    spans: int
+    accepted: int
+    rejected: int
+    message: str = ""
+
+
+class OtlpIngest:
+    """Turns OTLP/HTTP trace bodies into request rows in ``sink``."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        mapping: AttributeMapping | None = None,
+        pricer: Pricer | None = None,
+        max_body_bytes: int = 16 * 1024 * 1024,
+        token: str | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self._sink = sink
+        self._mapping = mapping or AttributeMapping()
+        self._pricer = pricer
+        self.max_body_bytes = max_body_bytes
+        self._token = token.encode() if token else None
+        reg = registry or CollectorRegistry()
+        self._spans = Counter(
+            "governor_otlp_spans", "Spans received over OTLP/HTTP, by outcome", ["outcome"],
+            registry=reg,
+        )
+        self._requests = Counter(
+            "governor_otlp_requests", "OTLP/HTTP export requests, by result", ["result"],
+            registry=reg,
+        )
+
+    @property
+    def requires_token(self) -> bool:
+        return self._token is not None
+
+    def authorized(self, header: str | None) -> bool:
+        if self._token is None:
+            return True
+        if not header or not header.startswith("Bearer "):
+            return False
+        return hmac.compare_digest(self._token, header[len("Bearer ") :].strip().encode())
+
+    def count_request(self, result: str) -> None:
+        self._requests.labels(result).inc()
+
+    def handle(
+        self, body: bytes, content_type: str | None, content_encoding: str | None
+    ) -> IngestResult:
+        """Decode, map and emit; raises ``OtlpDecodeError`` (nothing emitted) on a bad body."""
+        batch = decode(body, content_type, content_encoding, max_bytes=self.max_body_bytes)
+        records = []
+        problems: list[str] = []
+        rejected = 0
+        for view in batch.spans:
+            try:
+                record = map_span(view, self._mapping, self._pricer)
+            except SpanMappingError as exc:
+                rejected += 1
+                if len(problems) < _MAX_QUOTED:
+                    problems.append(f"span {view.span_id or '?'} ({view.name}): {exc}")
+                continue
+            if record is not None:
+                records.append(record)
+        if records:
+            self._sink.emit(records)
+        ignored = batch.total - len(records) - rejected
+        self._spans.labels("mapped").inc(len(records))
+        self._spans.labels("rejected").inc(rejected)
+        self._spans.labels("ignored").inc(ignored)
+        message = ""
+        if rejected:
+            message = f"{rejected} LLM span(s) could not be mapped: " + "; ".join(problems)
+            if rejected > len(problems):
+                message += f"; and {rejected - len(problems)} more"
+            log.warning("OTLP ingest: %s", message)
+        return IngestResult(batch.total, len(records), rejected, message)
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    # A rejected statement fails again on replay; everything else (store down) is retried.
+    return not isinstance(exc, QueryError)
+
+
+def _receiver_token(cfg: GovernorConfig) -> str | None:
+    env = cfg.ingest.receiver_token_env
+    if env is None:
+        return None
+    token = os.environ.get(env, "")
+    if not token:
+        # Named but missing: refuse to start rather than silently accept anyone.
+        raise ConfigError(
+            [Problem(cfg.source or "<config>", "ingest.receiver_token_env",
+                     f"environment variable {env} is not set or empty")]
+        )
+    return token
+
+
+def _pricer(cfg: GovernorConfig) -> Pricer | None:
+    try:
+        from collector.pricing import Pricer as PricingPricer
+    except ImportError:  # pricing not installed in this build
+        return None
+    pricer: Pricer = PricingPricer.from_config(cfg)
+    return pricer
+
+
+def _writer(ctx: AppContext) -> Sink:
+    existing: Sink | None = ctx.services.get(WRITER_SERVICE)
+    if existing is not None:
+        return existing
+    from collector.writer import Writer
+
+    writer = Writer(ctx.store, is_retryable=_is_retryable, registry=ctx.registry)
+    ctx.services[WRITER_SERVICE] = writer
+    ctx.add(writer)
+    return writer
+
+
+@register_builder
+def build_otlp_ingest(ctx: AppContext) -> None:
+    cfg = ctx.config
+    ctx.services[SERVICE] = OtlpIngest(
+        _writer(ctx),
+        mapping=mapping_from_config(cfg),
+        pricer=_pricer(cfg),
+        max_body_bytes=cfg.server.otlp_max_body_bytes,
+        token=_receiver_token(cfg),
+        registry=ctx.registry,
+    )
+
+
+__all__ = ["IngestResult", "OtlpIngest", "build_otlp_ingest", "mapping_from_config"]
