@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -119,6 +119,33 @@ class ServerConfig(_Model):
     otlp_max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
 
 
+SpanKindName = Literal["unspecified", "internal", "server", "client", "producer", "consumer"]
+
+
+class IngestConfig(_Model):
+    """How LLM spans become request rows (``collector.genai``) and who may send them.
+
+    Each ``*_keys`` list is tried in order, in span attributes then resource attributes.
+    """
+
+    pool_keys: list[str] = ["governor.pool", "k8s.deployment.name", "service.name"]
+    replica_keys: list[str] = [
+        "governor.replica", "service.instance.id", "k8s.pod.name", "host.name",
+    ]  # fmt: skip
+    model_keys: list[str] = ["gen_ai.response.model", "gen_ai.request.model"]
+    tenant_keys: list[str] = ["governor.tenant", "tenant.id", "tenant"]
+    priority_keys: list[str] = ["governor.priority", "priority"]
+    default_pool: str = ""  # when no key matches and no configured pool serves the model
+    keep_attributes: list[str] = [
+        "gen_ai.request.id", "gen_ai.response.id", "gen_ai.operation.name",
+        "gen_ai.provider.name", "gen_ai.system", "server.address",
+    ]  # fmt: skip
+    span_kinds: list[SpanKindName] = ["unspecified", "internal", "server", "client"]
+    # Name of the environment variable holding the OTLP receiver's bearer token; when
+    # set, POST /v1/traces requires ``Authorization: Bearer <token>``.
+    receiver_token_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+
+
 class GovernorConfig(_Model):
     store: StoreConfig = StoreConfig()
     server: ServerConfig = ServerConfig()
@@ -126,6 +153,7 @@ class GovernorConfig(_Model):
     slos: str | None = None  # SLO file or directory, relative to the config file
     scrape: ScrapeConfig = ScrapeConfig()
     alerting: AlertingConfig = AlertingConfig()
+    ingest: IngestConfig = IngestConfig()
     evaluation_interval_s: float = Field(10.0, gt=0)
     # Where the file was loaded from, to resolve relative paths; not a YAML key.
     source: str = Field("", exclude=True)

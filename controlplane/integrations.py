@@ -5,3 +5,5 @@ Add one import line per integration; keep this file free of logic.
 """
 
 from __future__ import annotations
+
+import controlplane.ingest  # noqa: F401  OTLP/HTTP receiver -> span mapping -> writer
