@@ -142,8 +142,8 @@ def plan_scale(replicas: Sequence[Replica], n: int) -> tuple[list[str], int, lis
     """Shared ``scale_to`` arithmetic: (ids to undrain, replicas to start, ids to drain).
 
     Growing reuses DRAINING/DRAINED replicas first (they are warm), then starts new ones;
-    shrinking
-    drains STARTING replicas before SERVING ones (they serve nobody yet), newest first.
+    shrinking drains STARTING replicas before SERVING ones (they serve nobody yet),
+    newest first.
     """
     if n < 0:
         raise FleetError(f"cannot scale to {n} replicas")
