@@ -26,3 +26,5 @@ class AlertSignal:
     for_s: float = 0.0
     # Seconds to keep firing after the condition clears (Prometheus keep_firing_for).
     keep_firing_for_s: float = 0.0
+    # Link back to what produced the alert (an SLO page in the console); optional.
+    generator_url: str = ""
