@@ -82,11 +82,27 @@ class ScrapeConfig(_Model):
 class AlertRoute(_Model):
     receiver: str
     match: dict[str, str] = {}
-    group_by: list[str] = ["alertname", "slo"]
+    # Label -> regular expression, anchored at both ends as in Alertmanager.
+    match_re: dict[str, str] = {}
+    group_by: list[str] = ["alertname", "slo"]  # ["..."] groups by every label
     group_wait_s: float = Field(30.0, ge=0)
     group_interval_s: float = Field(300.0, gt=0)
     repeat_interval_s: float = Field(14400.0, gt=0)
     continue_: bool = Field(False, alias="continue")
+
+    @model_validator(mode="after")
+    def _regexes_compile(self) -> AlertRoute:
+        import re
+
+        bad = []
+        for name, pattern in self.match_re.items():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                bad.append(f"match_re.{name}: invalid regular expression {pattern!r}: {exc}")
+        if bad:
+            raise ValueError("; ".join(bad))
+        return self
 
 
 class Receiver(_Model):
@@ -97,16 +113,29 @@ class Receiver(_Model):
     secret_env: str | None = None
     routing_key_env: str | None = None
     send_resolved: bool = True
+    timeout_s: float = Field(default=10.0, gt=0)
 
 
 class AlertingConfig(_Model):
     routes: list[AlertRoute] = []
     receivers: list[Receiver] = []
     external_url: str = "http://127.0.0.1:8080"
+    # Prometheus' --rules.alert.resend-delay: re-push firing alerts to Alertmanager.
+    resend_delay_s: float = Field(default=60.0, ge=0)
+    # Delivery: exponential backoff with full jitter, then the dead letters.
+    retry_initial_s: float = Field(default=1.0, gt=0)
+    retry_max_s: float = Field(default=300.0, gt=0)
+    retry_max_attempts: int = Field(default=12, ge=1)
+    retry_max_age_s: float = Field(default=6 * 3600.0, gt=0)
+    tick_s: float = Field(default=1.0, gt=0)  # how often groups are flushed and deliveries sent
 
     @model_validator(mode="after")
     def _routes_name_receivers(self) -> AlertingConfig:
         names = {r.name for r in self.receivers}
+        dupes = sorted({r.name for r in self.receivers if [x.name for x in self.receivers]
+                        .count(r.name) > 1})
+        if dupes:
+            raise ValueError(f"receiver names must be unique, repeated: {', '.join(dupes)}")
         missing = [r.receiver for r in self.routes if r.receiver not in names]
         if missing:
             raise ValueError(f"routes name unknown receivers: {', '.join(sorted(set(missing)))}")
