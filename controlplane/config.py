@@ -183,7 +183,7 @@ class GovernorConfig(_Model):
     scrape: ScrapeConfig = ScrapeConfig()
     alerting: AlertingConfig = AlertingConfig()
     ingest: IngestConfig = IngestConfig()
-    evaluation_interval_s: float = Field(10.0, gt=0)
+    evaluation_interval_s: float = Field(default=10.0, gt=0)
     # Where the file was loaded from, to resolve relative paths; not a YAML key.
     source: str = Field("", exclude=True)
 
