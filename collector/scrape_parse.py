@@ -19,12 +19,12 @@ from prometheus_client.parser import text_string_to_metric_families as text_fami
 from collector.errors import CollectorError
 
 OPENMETRICS_TYPE = "application/openmetrics-text"
-# What the scraper asks for: OpenMetrics first (exporters that speak it send exemplars and
-# explicit counters), then the classic text format every exporter speaks.
-ACCEPT = (
-    "application/openmetrics-text;version=1.0.0;q=0.75,"
-    "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
-)
+# What the scraper asks for: the classic text format first. Recent prometheus-client
+# releases escape ``:`` to ``_`` in OpenMetrics sample names (``vllm_num_requests_running``)
+# while keeping it in the text format, so text keeps engine names as documented. A body
+# that comes back as OpenMetrics anyway is parsed as such, and lookups accept the escaped
+# spelling too.
+ACCEPT = "text/plain;version=0.0.4;q=1.0,application/openmetrics-text;version=1.0.0;q=0.5,*/*;q=0.1"
 
 
 class ScrapeError(CollectorError):
@@ -52,12 +52,12 @@ class Samples:
     types: dict[str, str] = field(default_factory=dict)
 
     def get(self, name: str) -> list[Series]:
-        return self.by_name.get(name, [])
+        return self.by_name.get(name) or self.by_name.get(name.replace(":", "_"), [])
 
     def first(self, *names: str) -> tuple[str, list[Series]] | None:
         """The first of ``names`` present (for renamed metrics: new name, then the old)."""
         for n in names:
-            series = self.by_name.get(n)
+            series = self.by_name.get(n) or self.by_name.get(n.replace(":", "_"))
             if series:
                 return n, series
         return None

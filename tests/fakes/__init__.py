@@ -1,0 +1,1 @@
+"""Faithful stand-ins for what cannot run here (NVML) and small real servers for tests."""
