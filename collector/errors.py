@@ -2,9 +2,12 @@
 
     CollectorError
     ├── SpanMappingError         an LLM span whose values cannot make a request row
-    └── OtlpDecodeError          an OTLP/HTTP body that is not a valid trace export
-        ├── UnsupportedContent   content type or encoding the receiver does not speak
-        └── PayloadTooLarge      the body (after decompression) exceeds the size limit
+    ├── OtlpDecodeError          an OTLP/HTTP body that is not a valid trace export
+    │   ├── UnsupportedContent   content type or encoding the receiver does not speak
+    │   └── PayloadTooLarge      the body (after decompression) exceeds the size limit
+    ├── WriterError              the writer was misconfigured or misused
+    │   └── SpoolError           the spool directory or a spool record is unusable
+    └── PricingError             a price table or pool pricing is invalid
 
 Adapters translate third-party exceptions (protobuf, json, gzip) into these with
 ``raise ... from exc``. Other collector modules add their own subclasses here.
@@ -31,3 +34,15 @@ class UnsupportedContent(OtlpDecodeError):
 
 class PayloadTooLarge(OtlpDecodeError):
     """The body, or what it decompresses to, is larger than the configured limit."""
+
+
+class WriterError(CollectorError):
+    """The writer was misconfigured or misused (bad bounds, stopped writer started again)."""
+
+
+class SpoolError(WriterError):
+    """The spool directory cannot be used, or a spool record cannot be written or read."""
+
+
+class PricingError(CollectorError, ValueError):
+    """A price entry or pool price is invalid; the message names the entry."""

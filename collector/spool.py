@@ -1,0 +1,390 @@
+"""The writer's spool: batches kept, in order, while the store cannot take them.
+
+``DiskSpool`` keeps batches in append-only segment files under one directory::
+
+    000000000001.seg  000000000002.seg  ...   (oldest first)
+
+Each record is ``magic | payload length | row count | crc32`` (little endian) followed by
+the payload (zlib-compressed JSON: table, columns, dedup token, rows). Every append is
+fsync'd before it counts as spooled, and a new segment's directory entry is fsync'd too,
+so a crash loses at most the record being written. On open, every segment is scanned: a
+torn or corrupt record (short header or payload, wrong magic, crc mismatch) ends that
+segment, with a log line and a count; the records before it are kept. A process never
+appends to a segment it did not create, so a torn tail is never built upon.
+
+Segments are deleted only once every record in them was delivered. When an append
+would exceed ``max_bytes``, the oldest segments are dropped whole (rows counted, logged).
+
+``MemorySpool`` has the same interface and accounting without a directory: the default
+when no spool directory is configured (an outage then survives only while the process
+lives).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+import zlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from collector.errors import SpoolError
+
+log = logging.getLogger(__name__)
+
+_MAGIC = b"GVS1"
+_HEADER = struct.Struct("<4sIII")  # magic, payload length, rows, crc32(rows || payload)
+_SUFFIX = ".seg"
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Rows for one table with the dedup token fixed when the batch was formed."""
+
+    table: str
+    columns: tuple[str, ...]
+    rows: list[tuple[Any, ...]]
+    token: str
+
+
+# Called with (batches, rows) each time the spool drops data to stay within bounds.
+DropCallback = Callable[[int, int], None]
+
+
+class Spool(Protocol):
+    @property
+    def bytes(self) -> int: ...
+
+    @property
+    def batches(self) -> int: ...
+
+    def append(self, batch: Batch) -> None: ...
+
+    def peek(self) -> Batch | None: ...
+
+    def pop(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# -- encoding ------------------------------------------------------------------------
+
+
+def _enc(value: Any) -> Any:
+    # Tagged objects keep types JSON lacks; every dict is tagged so none is ambiguous.
+    if isinstance(value, datetime):
+        return {"$t": value.isoformat()}
+    if isinstance(value, dict):
+        return {"$m": value}
+    if isinstance(value, bytes):
+        return {"$b": value.hex()}
+    return value
+
+
+def _dec(value: Any) -> Any:
+    if isinstance(value, dict):
+        if "$t" in value:
+            return datetime.fromisoformat(value["$t"])
+        if "$m" in value:
+            return value["$m"]
+        if "$b" in value:
+            return bytes.fromhex(value["$b"])
+    return value
+
+
+def encode(batch: Batch) -> bytes:
+    """One framed record: header then compressed payload."""
+    body = {
+        "t": batch.table,
+        "c": list(batch.columns),
+        "k": batch.token,
+        "r": [[_enc(v) for v in row] for row in batch.rows],
+    }
+    try:
+        text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise SpoolError(f"cannot spool batch for {batch.table!r}: {exc}") from exc
+    payload = zlib.compress(text.encode(), 1)
+    rows = len(batch.rows)
+    crc = zlib.crc32(payload, zlib.crc32(struct.pack("<I", rows)))
+    return _HEADER.pack(_MAGIC, len(payload), rows, crc) + payload
+
+
+def decode(payload: bytes) -> Batch:
+    try:
+        body = json.loads(zlib.decompress(payload))
+        rows = [tuple(_dec(v) for v in row) for row in body["r"]]
+        return Batch(body["t"], tuple(body["c"]), rows, body["k"])
+    except (ValueError, KeyError, TypeError, zlib.error) as exc:
+        raise SpoolError(f"undecodable spool record: {exc}") from exc
+
+
+# -- disk ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Segment:
+    path: Path
+    size: int = 0
+    records: deque[tuple[int, int, int]] = field(default_factory=deque)  # offset, len, rows
+    file: Any = None  # open for append while active
+
+    @property
+    def rows(self) -> int:
+        return sum(r[2] for r in self.records)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class DiskSpool:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        max_bytes: int = 256 * 1024 * 1024,
+        segment_bytes: int | None = None,
+        on_drop: DropCallback | None = None,
+        on_corrupt: Callable[[int], None] | None = None,
+    ) -> None:
+        if max_bytes < 1024:
+            raise SpoolError(f"spool max_bytes must be at least 1024, got {max_bytes}")
+        self.dir = Path(directory)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SpoolError(f"cannot create spool directory {self.dir}: {exc}") from exc
+        self.max_bytes = max_bytes
+        # Dropping works on whole segments: keep each a small share of the bound.
+        self.segment_bytes = segment_bytes or min(16 << 20, max_bytes // 8)
+        self._on_drop = on_drop or (lambda b, r: None)
+        self._on_corrupt = on_corrupt or (lambda n: None)
+        self._segments: deque[_Segment] = deque()
+        # Totals kept as plain ints so other threads can read them while the owner mutates.
+        self._bytes = 0
+        self._batches = 0
+        self._next_seq = 1
+        self._scan()
+
+    # -- open ---------------------------------------------------------------------
+    def _scan(self) -> None:
+        paths = sorted(p for p in self.dir.iterdir() if p.suffix == _SUFFIX)
+        for path in paths:
+            try:
+                seq = int(path.stem)
+            except ValueError:
+                log.warning("spool: ignoring unexpected file %s", path)
+                continue
+            self._next_seq = max(self._next_seq, seq + 1)
+            seg = self._read_index(path)
+            if seg.records:
+                self._segments.append(seg)
+                self._bytes += seg.size
+                self._batches += len(seg.records)
+            else:
+                path.unlink(missing_ok=True)
+        if self._segments:
+            log.info(
+                "spool: found %d batches (%d bytes) left by a previous run in %s",
+                self.batches, self.bytes, self.dir,
+            )  # fmt: skip
+
+    def _read_index(self, path: Path) -> _Segment:
+        data = path.read_bytes()
+        seg = _Segment(path, size=len(data))
+        off = 0
+        while off < len(data):
+            problem = ""
+            if len(data) - off < _HEADER.size:
+                problem = "short header"
+            else:
+                magic, length, rows, crc = _HEADER.unpack_from(data, off)
+                end = off + _HEADER.size + length
+                if magic != _MAGIC:
+                    problem = "bad magic"
+                elif end > len(data):
+                    problem = "short payload"
+                else:
+                    payload = data[off + _HEADER.size : end]
+                    if zlib.crc32(payload, zlib.crc32(struct.pack("<I", rows))) != crc:
+                        problem = "checksum mismatch"
+            if problem:
+                log.warning(
+                    "spool: %s: torn or corrupt record at offset %d (%s); skipping the "
+                    "last %d bytes of this segment",
+                    path.name, off, problem, len(data) - off,
+                )  # fmt: skip
+                self._on_corrupt(1)
+                break
+            seg.records.append((off + _HEADER.size, length, rows))
+            off = end
+        return seg
+
+    # -- Spool --------------------------------------------------------------------
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    @property
+    def batches(self) -> int:
+        return self._batches
+
+    def append(self, batch: Batch) -> None:
+        record = encode(batch)
+        if len(record) > self.max_bytes:
+            log.error(
+                "spool: dropping a batch of %d rows for %s: %d bytes exceed spool_max_bytes %d",
+                len(batch.rows), batch.table, len(record), self.max_bytes,
+            )  # fmt: skip
+            self._on_drop(1, len(batch.rows))
+            return
+        self._make_room(len(record))
+        seg = self._active()
+        try:
+            seg.file.write(record)
+            seg.file.flush()
+            os.fsync(seg.file.fileno())
+        except OSError as exc:
+            raise SpoolError(f"cannot write spool segment {seg.path}: {exc}") from exc
+        seg.records.append((seg.size + _HEADER.size, len(record) - _HEADER.size, len(batch.rows)))
+        seg.size += len(record)
+        self._bytes += len(record)
+        self._batches += 1
+        if seg.size >= self.segment_bytes:
+            self._seal(seg)
+
+    def peek(self) -> Batch | None:
+        while self._segments:
+            seg = self._segments[0]
+            if not seg.records:
+                self._delete_head()
+                continue
+            off, length, _ = seg.records[0]
+            try:
+                with open(seg.path, "rb") as f:
+                    f.seek(off)
+                    payload = f.read(length)
+                return decode(payload)
+            except (OSError, SpoolError) as exc:
+                # Checksummed at scan/append, so this is a disk fault: skip, never loop.
+                log.error("spool: cannot read record in %s: %s; skipping it", seg.path.name, exc)
+                self._on_corrupt(1)
+                seg.records.popleft()
+                self._batches -= 1
+        return None
+
+    def pop(self) -> None:
+        if not self._segments or not self._segments[0].records:
+            return
+        seg = self._segments[0]
+        seg.records.popleft()
+        self._batches -= 1
+        if not seg.records:
+            self._delete_head()
+
+    def close(self) -> None:
+        for seg in self._segments:
+            self._seal(seg)
+
+    # -- internals ----------------------------------------------------------------
+    def _active(self) -> _Segment:
+        if self._segments and self._segments[-1].file is not None:
+            return self._segments[-1]
+        path = self.dir / f"{self._next_seq:012d}{_SUFFIX}"
+        self._next_seq += 1
+        try:
+            f = open(path, "xb")  # noqa: SIM115 - kept open across appends, closed in _seal
+            _fsync_dir(self.dir)
+        except OSError as exc:
+            raise SpoolError(f"cannot create spool segment {path}: {exc}") from exc
+        seg = _Segment(path, file=f)
+        self._segments.append(seg)
+        return seg
+
+    def _seal(self, seg: _Segment) -> None:
+        if seg.file is not None:
+            seg.file.close()
+            seg.file = None
+
+    def _delete_head(self) -> None:
+        seg = self._segments.popleft()
+        self._seal(seg)
+        self._bytes -= seg.size
+        self._batches -= len(seg.records)
+        seg.path.unlink(missing_ok=True)
+
+    def _make_room(self, need: int) -> None:
+        dropped_batches = dropped_rows = 0
+        while self._segments and self.bytes + need > self.max_bytes:
+            head = self._segments[0]
+            dropped_batches += len(head.records)
+            dropped_rows += head.rows
+            self._delete_head()
+        if dropped_batches:
+            log.warning(
+                "spool full (%d bytes max): dropped the oldest %d batches (%d rows)",
+                self.max_bytes, dropped_batches, dropped_rows,
+            )  # fmt: skip
+            self._on_drop(dropped_batches, dropped_rows)
+
+
+# -- memory --------------------------------------------------------------------------
+
+
+class MemorySpool:
+    """Same bounds and drop-oldest rule as ``DiskSpool``, held in memory."""
+
+    def __init__(self, *, max_bytes: int = 256 * 1024 * 1024, on_drop: DropCallback | None = None):
+        self.max_bytes = max_bytes
+        self._on_drop = on_drop or (lambda b, r: None)
+        self._items: deque[tuple[Batch, int]] = deque()
+        self._bytes = 0
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    @property
+    def batches(self) -> int:
+        return len(self._items)
+
+    def append(self, batch: Batch) -> None:
+        size = len(encode(batch))  # same accounting as on disk
+        dropped_b = dropped_r = 0
+        while self._items and self._bytes + size > self.max_bytes:
+            old, old_size = self._items.popleft()
+            self._bytes -= old_size
+            dropped_b, dropped_r = dropped_b + 1, dropped_r + len(old.rows)
+        if size > self.max_bytes:
+            dropped_b, dropped_r = dropped_b + 1, dropped_r + len(batch.rows)
+        else:
+            self._items.append((batch, size))
+            self._bytes += size
+        if dropped_b:
+            log.warning(
+                "memory spool full (%d bytes max): dropped the oldest %d batches (%d rows)",
+                self.max_bytes, dropped_b, dropped_r,
+            )  # fmt: skip
+            self._on_drop(dropped_b, dropped_r)
+
+    def peek(self) -> Batch | None:
+        return self._items[0][0] if self._items else None
+
+    def pop(self) -> None:
+        if self._items:
+            _, size = self._items.popleft()
+            self._bytes -= size
+
+    def close(self) -> None:
+        pass
