@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 import pyarrow as pa
@@ -19,11 +19,31 @@ from controlplane.errors import QueryError
 _WRAPPERS = re.compile(r"^(?:Nullable|LowCardinality)\((.*)\)$")
 
 
+_SIMPLE_AGG = re.compile(r"^SimpleAggregateFunction\(\w+,\s*(.*)\)$")
+_DECIMAL = re.compile(r"^Decimal(32|64|128|256)?\((\d+)(?:,\s*(\d+))?\)$")
+_DECIMAL_PRECISION = {"32": 9, "64": 18, "128": 38, "256": 76}
+
+
 def _unwrap(ch_type: str) -> str:
     t = ch_type
-    while m := _WRAPPERS.match(t):
+    while m := _WRAPPERS.match(t) or _SIMPLE_AGG.match(t):
         t = m.group(1)
     return t
+
+
+def _split_args(inner: str) -> list[str]:
+    """Top-level comma split of type arguments: ``K, Map(A, B)`` -> ``[K, Map(A, B)]``."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(inner):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(inner[start:i].strip())
+            start = i + 1
+    parts.append(inner[start:].strip())
+    return parts
 
 
 def arrow_type(ch_type: str) -> pa.DataType:
@@ -36,8 +56,18 @@ def arrow_type(ch_type: str) -> pa.DataType:
     if t.startswith("FixedString("):
         return pa.binary(int(t[len("FixedString(") : -1]))
     if t.startswith("Map("):
-        return pa.map_(pa.string(), pa.string())
-    if t.startswith(("Decimal", "Float64")):
+        key, value = _split_args(t[len("Map(") : -1])
+        return pa.map_(arrow_type(key), arrow_type(value))
+    if m := _DECIMAL.match(t):
+        # Exact decimals: a float64 detour would truncate (1.000000007 -> 1.000000006).
+        if m.group(1):
+            precision, scale = _DECIMAL_PRECISION[m.group(1)], int(m.group(2))
+        else:
+            precision, scale = int(m.group(2)), int(m.group(3) or 0)
+        if precision > 38:
+            return pa.decimal256(precision, scale)
+        return pa.decimal128(precision, scale)
+    if t == "Float64":
         return pa.float64()
     if t == "Float32":
         return pa.float32()
@@ -66,7 +96,15 @@ def _convert(value: Any, typ: pa.DataType) -> Any:
             return datetime.fromtimestamp(value, tz=UTC)
         return value
     if pa.types.is_map(typ):
-        return list(value.items()) if isinstance(value, dict) else value
+        items = value.items() if isinstance(value, dict) else value
+        kt, vt = typ.key_type, typ.item_type
+        return [(_convert(k, kt), _convert(v, vt)) for k, v in items]
+    if pa.types.is_decimal(typ):
+        if isinstance(value, float):
+            value = Decimal(repr(value))  # the shortest decimal that is this float
+        elif not isinstance(value, Decimal):
+            value = Decimal(value)
+        return value.quantize(Decimal(1).scaleb(-typ.scale), rounding=ROUND_HALF_EVEN)
     if isinstance(value, Decimal):
         return float(value)
     return value
