@@ -6,8 +6,8 @@ the pool's router once its ``/health`` answers 200 (SERVING). ``drain`` asks the
 to stop sending it new requests (DRAINING); when the router reports it ``drained`` (no
 request in flight) it is DRAINED and kept warm until ``undrain`` or ``stop``, except
 replicas drained by ``scale_to``, whose process is then stopped (STOPPED). ``stop``
-removes it from the router and ends the process at once. A process that exits on its own is FAILED. Admission
-limits go to the router's ``/admin/limits``.
+removes it from the router and ends the process at once. A process that exits on its own
+is FAILED. Admission limits go to the router's ``/admin/limits``.
 
 State changes that take time are observed, not awaited: every ``replicas()`` call checks
 the processes and asks the router and starting replicas where they are (short timeouts),
