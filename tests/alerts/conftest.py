@@ -1,0 +1,46 @@
+"""Fixtures of the alerting tests.
+
+Migrating a fresh database costs seconds, so these tests share one migrated database
+and empty the alerting tables before each test instead (``store`` is overridden here).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from controlplane.store.chdb_driver import ChdbStore
+from controlplane.store.migrate import migrate
+from tests.alerts.harness import Recorder
+
+TABLES = ("alert_state", "alert_nflog", "alert_silences", "alert_deliveries", "alert_events")
+
+
+@pytest.fixture(scope="package")
+def _alerts_db(chdb_path: Path) -> Iterator[ChdbStore]:
+    s = ChdbStore(chdb_path, database=f"ta_{uuid.uuid4().hex[:12]}")
+    migrate(s)
+    try:
+        yield s
+    finally:
+        s.command(f"DROP DATABASE IF EXISTS {s.database}")
+        s.close()
+
+
+@pytest.fixture
+def store(_alerts_db: ChdbStore) -> ChdbStore:
+    for t in TABLES:
+        _alerts_db.command(f"TRUNCATE TABLE IF EXISTS {t}")
+    return _alerts_db
+
+
+@pytest.fixture
+def recorder(clock) -> Iterator[Recorder]:  # type: ignore[no-untyped-def]
+    r = Recorder(clock)
+    try:
+        yield r
+    finally:
+        r.close()
