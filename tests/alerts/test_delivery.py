@@ -1,0 +1,209 @@
+"""Delivery: retries with backoff, Retry-After, dead letters, signatures, restarts, outages."""
+
+from __future__ import annotations
+
+import base64
+import math
+import random
+from email.utils import format_datetime
+
+import pytest
+
+from alerts import signing
+from alerts.errors import SignatureError
+from controlplane.clock import utc
+from controlplane.errors import StoreUnavailable
+from tests.alerts.harness import Harness, Reply, alerting, sig, webhook
+
+
+def _harness(store, clock, receivers, routes=None, **kw):  # type: ignore[no-untyped-def]
+    interval = kw.pop("interval", 10.0)
+    env = kw.pop("env", None)
+    routes = routes if routes is not None else [{"receiver": receivers[0]["name"]}]
+    return Harness(store, clock, alerting(receivers, routes, **kw), interval=interval, env=env)
+
+
+def test_503_is_retried_after_jittered_backoff_with_the_same_webhook_id(store, clock, recorder):
+    env = {"HOOK_SECRET": _secret(b"k" * 24)}
+    h = _harness(store, clock, [webhook(recorder, secret_env="HOOK_SECRET")],
+                 retry_initial_s=60, env=env)  # fmt: skip
+    recorder.script.append(Reply(503, body=b"busy"))
+    t0 = clock.now()
+    h.step([sig()])
+    h.run(30, [sig()])
+    assert [round(r.at - t0) for r in recorder.received] == [30]
+    (status,) = h.engine.alerts()[0]["receivers"]
+    assert status["status"] == "retrying" and "503" in status["lastError"]
+    # Full jitter: uniform(0, 60) from the engine's seeded RNG (seed 7 in the harness).
+    delay = random.Random(7).uniform(0, 60)
+    h.run(90, [sig()], every=1)
+    first, second = recorder.received
+    assert second.at - t0 == math.ceil(30 + delay)
+    assert first.headers["webhook-id"] == second.headers["webhook-id"]
+    assert first.headers["webhook-timestamp"] != second.headers["webhook-timestamp"]
+    assert first.body == second.body
+    signing.verify(second.body, second.headers, [b"k" * 24], now=clock.now())
+    assert h.engine.alerts()[0]["receivers"][0]["status"] == "delivered"
+    h.close()
+
+
+@pytest.mark.parametrize(
+    "retry_after",
+    ["120", "http-date"],
+    ids=["Retry-After in seconds is honoured", "Retry-After as an HTTP date is honoured"],
+)
+def test_429_waits_as_long_as_retry_after_says(store, clock, recorder, retry_after):
+    h = _harness(store, clock, [webhook(recorder)])
+    t0 = clock.now()
+    value = retry_after if retry_after != "http-date" else format_datetime(
+        utc(t0 + 30 + 120), usegmt=True
+    )
+    recorder.script.append(Reply(429, {"Retry-After": value}, b"slow down"))
+    h.step([sig()])
+    h.run(200, [sig()])
+    assert [round(r.at - t0) for r in recorder.received] == [30, 150]
+    h.close()
+
+
+def test_400_goes_to_dead_letters_and_requeue_delivers_it(store, clock, recorder):
+    h = _harness(store, clock, [webhook(recorder)])
+    recorder.script.append(Reply(400, body=b"bad payload"))
+    t0 = clock.now()
+    h.step([sig()])
+    h.run(600, [sig()])
+    assert [round(r.at - t0) for r in recorder.received] == [30]  # never retried
+    (dead,) = h.engine.dead_letters()
+    assert dead["status"] == "dead" and dead["lastStatus"] == 400
+    assert "bad payload" in dead["lastError"]
+    assert h.engine.alerts()[0]["receivers"][0]["status"] == "dead"
+    h.engine.requeue(dead["id"])
+    h.run(10, [sig()])
+    assert len(recorder.received) == 2
+    assert recorder.received[1].body == recorder.received[0].body
+    assert h.engine.dead_letters() == []
+    assert h.engine.alerts()[0]["receivers"][0]["status"] == "delivered"
+    h.close()
+
+
+def test_retries_stop_at_max_attempts_and_go_to_dead_letters(store, clock, recorder):
+    h = _harness(store, clock, [webhook(recorder)], retry_initial_s=1, retry_max_s=1,
+                 retry_max_attempts=3)  # fmt: skip
+    recorder.script.extend([Reply(500), Reply(502), Reply(503), Reply(200)])
+    h.step([sig()])
+    h.run(60, [sig()])
+    assert len(recorder.received) == 3
+    (dead,) = h.engine.dead_letters()
+    assert dead["attempts"] == 3 and "gave up after 3 attempts" in dead["lastError"]
+    h.close()
+
+
+def _secret(raw: bytes) -> str:
+    return "whsec_" + base64.b64encode(raw).decode()
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["old secret verifies", "new secret verifies"])
+def test_signature_verifies_with_either_rotated_secret(store, clock, recorder, which):
+    keys = [b"old-key-0123456789abcdef", b"new-key-0123456789abcdef"]
+    env = {"HOOK_SECRET": f"{_secret(keys[0])} {_secret(keys[1])}"}
+    h = _harness(store, clock, [webhook(recorder, secret_env="HOOK_SECRET")], env=env)
+    h.step([sig()])
+    h.run(30, [sig()])
+    (got,) = recorder.received
+    assert len(got.headers["webhook-signature"].split()) == 2
+    assert int(got.headers["webhook-timestamp"]) == int(got.at)
+    msg_id = signing.verify(got.body, got.headers, [keys[which]], now=clock.now())
+    assert msg_id == got.headers["webhook-id"]
+    with pytest.raises(SignatureError, match="no signature matches"):
+        signing.verify(got.body, got.headers, [b"someone-else"], now=clock.now())
+    with pytest.raises(SignatureError, match="tolerance"):
+        signing.verify(got.body, got.headers, [keys[which]], now=clock.now() + 3600)
+    tampered = got.body.replace(b"firing", b"resolved")
+    with pytest.raises(SignatureError):
+        signing.verify(tampered, got.headers, [keys[which]], now=clock.now())
+    h.close()
+
+
+def test_missing_secret_variable_is_a_dead_letter_naming_it(store, clock, recorder):
+    h = _harness(store, clock, [webhook(recorder, secret_env="NOT_SET_ANYWHERE")], env={})
+    h.step([sig()])
+    h.run(30, [sig()])
+    assert recorder.received == []
+    (dead,) = h.engine.dead_letters()
+    assert "NOT_SET_ANYWHERE" in dead["lastError"]
+    h.close()
+
+
+def test_restart_mid_firing_does_not_page_again_and_delivers_the_resolve(store, clock, recorder):
+    h = _harness(store, clock, [webhook(recorder)])
+    t0 = clock.now()
+    h.step([sig()])
+    h.run(60, [sig()])
+    assert [round(r.at - t0) for r in recorder.received] == [30]
+    engine = h.restart()
+    (alert,) = engine.alerts()
+    assert alert["state"] == "firing" and alert["startsAt"] == recorder.received[0].json[
+        "alerts"][0]["startsAt"]
+    h.run(3600, [sig()], every=60)
+    assert len(recorder.received) == 1  # no second page
+    h.run(10, [sig(active=False)])
+    resolved_at = clock.now()
+    h.restart()  # and again before the resolve went out
+    h.run(600, [])
+    assert len(recorder.received) == 2
+    body = recorder.received[1].json
+    assert body["status"] == "resolved"
+    assert body["alerts"][0]["endsAt"] == _rfc(resolved_at)
+    h.close()
+
+
+def test_restart_with_a_delivery_being_retried_still_delivers_it_once(store, clock, recorder):
+    h = _harness(store, clock, [webhook(recorder)], retry_initial_s=30)
+    recorder.script.append(Reply(503))
+    h.step([sig()])
+    h.run(30, [sig()])
+    h.restart()
+    h.run(600, [sig()])
+    assert len(recorder.received) == 2
+    assert recorder.received[0].body == recorder.received[1].body
+    h.close()
+
+
+class FlakyStore:
+    """The test store, with writes failing while ``down`` (as when ClickHouse is away)."""
+
+    def __init__(self, inner):  # type: ignore[no-untyped-def]
+        self.inner, self.down = inner, False
+        self.driver, self.database = inner.driver, inner.database
+
+    def insert_rows(self, *a, **kw):  # type: ignore[no-untyped-def]
+        if self.down:
+            raise StoreUnavailable("connection refused")
+        return self.inner.insert_rows(*a, **kw)
+
+    def __getattr__(self, name):  # type: ignore[no-untyped-def]
+        return getattr(self.inner, name)
+
+
+def test_store_outage_loses_no_state_and_notifications_still_go_out(store, clock, recorder):
+    flaky = FlakyStore(store)
+    h = _harness(flaky, clock, [webhook(recorder)])
+    flaky.down = True
+    h.step([sig()])
+    h.run(30, [sig()])
+    assert len(recorder.received) == 1
+    assert h.engine.health()["buffered_writes"] > 0
+    flaky.down = False
+    h.run(10, [sig()])
+    assert h.engine.health()["buffered_writes"] == 0
+    events = store.query("SELECT state FROM alert_events ORDER BY ts").rows
+    assert events == [("firing",)]
+    h.restart()
+    h.run(600, [sig()])
+    assert len(recorder.received) == 1  # the buffered nflog reached the store: no re-page
+    h.close()
+
+
+def _rfc(ts: float) -> str:
+    from alerts.model import rfc3339
+
+    return rfc3339(ts)
