@@ -175,6 +175,43 @@ class IngestConfig(_Model):
     receiver_token_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
 
 
+class ModelPriceConfig(_Model):
+    """USD per 1M tokens for API models whose name matches ``match`` (first match wins)."""
+
+    match: str = Field(min_length=1)  # glob (``gpt-4o*``), or a regex when ``regex: true``
+    regex: bool = False
+    input_usd_per_mtok: float = Field(ge=0)
+    output_usd_per_mtok: float = Field(ge=0)
+    cached_input_usd_per_mtok: float | None = Field(default=None, ge=0)  # None: input price
+
+    @model_validator(mode="after")
+    def _pattern_compiles(self) -> ModelPriceConfig:
+        if self.regex:
+            import re
+
+            try:
+                re.compile(self.match)
+            except re.error as exc:
+                raise ValueError(f"match {self.match!r} is not a valid regex: {exc}") from None
+        return self
+
+
+class PricingConfig(_Model):
+    """API price tables; self-hosted pools are priced by ``pools[].gpu_hour_usd``."""
+
+    models: list[ModelPriceConfig] = []
+
+
+class WriterConfig(_Model):
+    """The store writer (``collector.writer.Writer``) that ``serve`` feeds rows through."""
+
+    batch_size: int = Field(default=5000, ge=1)
+    flush_interval_s: float = Field(default=1.0, gt=0)
+    queue_max: int = Field(default=100_000, ge=1)
+    spool_dir: str | None = None  # None: <store.data_dir>/spool; relative to the config file
+    spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+
+
 class GovernorConfig(_Model):
     store: StoreConfig = StoreConfig()
     server: ServerConfig = ServerConfig()
@@ -183,6 +220,8 @@ class GovernorConfig(_Model):
     scrape: ScrapeConfig = ScrapeConfig()
     alerting: AlertingConfig = AlertingConfig()
     ingest: IngestConfig = IngestConfig()
+    pricing: PricingConfig = PricingConfig()
+    writer: WriterConfig = WriterConfig()
     evaluation_interval_s: float = Field(default=10.0, gt=0)
     # Where the file was loaded from, to resolve relative paths; not a YAML key.
     source: str = Field("", exclude=True)
