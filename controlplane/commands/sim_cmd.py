@@ -28,6 +28,10 @@ def _listen_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fd", type=int, default=None, help="serve on this inherited socket fd")
 
 
+def _quiet_http_client() -> None:
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("sim", help="run parts of the simulated fleet (replica, router, loadgen)")
     ssub = p.add_subparsers(dest="sim_command", metavar="PART")
@@ -150,6 +154,8 @@ def _replica(args: argparse.Namespace) -> int:
 
 def _router(args: argparse.Namespace) -> int:
     from controlplane.sim.admission import parse_limits
+
+    _quiet_http_client()
     from controlplane.sim.router import Router, create_app
     from controlplane.sim.supervisor import serve_socket
 
@@ -195,6 +201,8 @@ def _load_list(path: Path) -> list[Any]:
 
 def _loadgen(args: argparse.Namespace) -> int:
     from controlplane.sim.loadgen import LoadGenerator, Progress, Source
+
+    _quiet_http_client()
 
     tokens = None
     if args.tokens:

@@ -217,9 +217,11 @@ class Supervisor:
             return None
         return self._reap(child, grace_s, kill)
 
-    def stop_all(self, *, grace_s: float = 5.0) -> None:
+    def stop_all(self, *, grace_s: float = 5.0, names: Sequence[str] | None = None) -> None:
+        """Stop every child (or those named), in parallel: one grace period in all."""
         with self._lock:
-            children, self._children = list(self._children.values()), {}
+            picked = [n for n in self._children if names is None or n in names]
+            children = [self._children.pop(n) for n in picked]
         for child in children:  # signal everyone first, then wait: one grace period in all
             if child.alive():
                 _signal(child, signal.SIGTERM)
