@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 TENANT_HEADER = wire.TENANT_HEADER
 PRIORITY_HEADER = wire.PRIORITY_HEADER
+REPLICA_HEADER = "x-governor-replica"  # on responses: which replica served it
 DEFAULT_TENANT = "default"
 DEFAULT_PRIORITY = "0"
 # Connection failures before any byte was sent are retried on another replica.
@@ -262,7 +263,7 @@ def create_app(router: Router) -> FastAPI:
             if parsed.stream and resp.status_code == 200:
                 return StreamingResponse(
                     call.stream(), media_type="text/event-stream",
-                    headers={"cache-control": "no-cache"},
+                    headers={"cache-control": "no-cache", REPLICA_HEADER: backend.name},
                 )  # fmt: skip
             return await call.whole()
         m.no_replica.inc()
@@ -400,6 +401,7 @@ class _Call:
         self._finish_span(error)
         media = self.resp.headers.get("content-type", "application/json")
         extra = {k: v for k, v in self.resp.headers.items() if k.lower() == "retry-after"}
+        extra[REPLICA_HEADER] = self.backend.name
         return Response(content, status, media_type=media, headers=extra)
 
     async def stream(self) -> AsyncIterator[bytes]:
