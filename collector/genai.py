@@ -203,12 +203,11 @@ def map_span(
         output_tokens_per_s=tps,
         attributes=kept,
     )
-    if pricer is not None:
-        return replace(record, cost_usd=float(pricer.request_cost(record)))
-    reported = _number(attrs, USAGE_COST)
-    if reported is not None:
-        return replace(record, cost_usd=reported)
-    return record
+    # Configured prices win; a cost the producer reported fills in where none applies.
+    cost = float(pricer.request_cost(record)) if pricer is not None else 0.0
+    if cost == 0.0:
+        cost = _number(attrs, USAGE_COST) or 0.0
+    return replace(record, cost_usd=cost) if cost else record
 
 
 _DEFAULT_MAPPING = AttributeMapping()

@@ -12,6 +12,8 @@ import hmac
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -155,8 +157,27 @@ def _pricer(cfg: GovernorConfig) -> Pricer | None:
         from collector.pricing import Pricer as PricingPricer
     except ImportError:  # pricing not installed in this build
         return None
-    pricer: Pricer = PricingPricer.from_config(cfg)
+    pricer: Pricer = PricingPricer.from_config(getattr(cfg, "pricing", None), cfg.pools)
     return pricer
+
+
+def _writer_options(ctx: AppContext) -> dict[str, Any]:
+    """``writer:`` settings; the spool defaults to ``spool/`` in the embedded data dir."""
+    wcfg = getattr(ctx.config, "writer", None)
+    if wcfg is None:
+        return {}
+    spool: Path | None = None
+    if wcfg.spool_dir:
+        spool = ctx.config.resolve(wcfg.spool_dir)
+    elif isinstance(getattr(ctx.store, "path", None), Path):
+        spool = ctx.store.path / "spool"  # type: ignore[attr-defined]
+    return {
+        "batch_size": wcfg.batch_size,
+        "flush_interval_s": wcfg.flush_interval_s,
+        "queue_max": wcfg.queue_max,
+        "spool_dir": spool,
+        "spool_max_bytes": wcfg.spool_max_bytes,
+    }
 
 
 def _writer(ctx: AppContext) -> Sink:
@@ -165,7 +186,8 @@ def _writer(ctx: AppContext) -> Sink:
         return existing
     from collector.writer import Writer
 
-    writer = Writer(ctx.store, is_retryable=_is_retryable, registry=ctx.registry)
+    writer = Writer(ctx.store, is_retryable=_is_retryable, registry=ctx.registry,
+                    **_writer_options(ctx))
     ctx.services[WRITER_SERVICE] = writer
     ctx.add(writer)
     return writer

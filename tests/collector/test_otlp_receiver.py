@@ -27,7 +27,7 @@ from opentelemetry.trace import SpanKind
 
 from controlplane.api.app import create_app
 from controlplane.api.auth import TokenAuth
-from controlplane.config import parse_config
+from controlplane.config import GovernorConfig, parse_config
 from controlplane.errors import ConfigError
 from controlplane.ingest import SERVICE, WRITER_SERVICE, build_otlp_ingest
 from controlplane.server import AppContext, build_context
@@ -52,11 +52,14 @@ class Served:
 
 
 @pytest.fixture
-def serve(store) -> Iterator[Any]:
+def serve(store, tmp_path) -> Iterator[Any]:
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
 
     def start(config: dict[str, Any] | None = None) -> Served:
-        cfg = parse_config(config or {})
+        config = dict(config or {})
+        if "writer" in GovernorConfig.model_fields:  # keep each test's spool to itself
+            config["writer"] = {"spool_dir": str(tmp_path / "spool")}
+        cfg = parse_config(config)
         ctx = build_context(cfg, store, TokenAuth({VIEWER: "viewer"}),
                             builders=[build_otlp_ingest])
         sock = socket.socket()
