@@ -108,10 +108,17 @@ def format_param(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, bool):
         return "1" if value else "0"
+    if isinstance(value, str):
+        # Parameter values are in ClickHouse's escaped text format (as over HTTP): a raw
+        # newline or tab ends the value and a backslash starts an escape.
+        return value.translate(_ESCAPES)
     if isinstance(value, list | tuple):
         inner = ",".join(_array_item(v) for v in value)
         return f"[{inner}]"
     return value
+
+
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0"})
 
 
 def _array_item(v: Any) -> str:
