@@ -136,6 +136,8 @@ class Replica:
         self.engine = Engine.launch(config.params, 0.0, cold_start_s=config.cold_start_s)
         self._gpu_values: Mapping[str, float] = {}
         self._gpu_t = 0.0
+        self._gpu_version = -1
+        self._gpu_lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     # -- time ---------------------------------------------------------------------------
@@ -266,14 +268,23 @@ class Replica:
             if waiter is not None:
                 self._span(waiter, timing)
 
-    def _sample_gpu(self, stats: EngineStats, now: float) -> None:
-        if self.gpu is None or now - self._gpu_t < GPU_SAMPLE_INTERVAL_S and self._gpu_values:
+    def _sample_gpu(self, stats: EngineStats, now: float, force: bool = False) -> None:
+        if self.gpu is None:
             return
-        dt, self._gpu_t = now - self._gpu_t, now
-        values = self.gpu.sample(stats, dt, self.faults, self.engine.is_ready(now))
-        self._gpu_values = values
+        with self._gpu_lock:
+            fresh = now - self._gpu_t < GPU_SAMPLE_INTERVAL_S and self._gpu_values
+            if fresh and not force:
+                return
+            dt, self._gpu_t = max(0.0, now - self._gpu_t), now
+            self._gpu_version = self.faults.version
+            self._gpu_values = self.gpu.sample(stats, dt, self.faults, self.engine.is_ready(now))
 
     def gpu_values(self) -> Mapping[str, float]:
+        """Latest GPU telemetry; re-sampled at once when a fault changed since."""
+        if self.gpu is not None and self.faults.version != self._gpu_version:
+            with self._lock:
+                stats = self.engine.stats()
+            self._sample_gpu(stats, self.now(), force=True)
         return self._gpu_values
 
     # -- spans --------------------------------------------------------------------------

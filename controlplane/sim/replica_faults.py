@@ -76,10 +76,12 @@ class Faults:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._active: dict[str, Fault] = {}
+        self.version = 0  # bumped on every change, so telemetry can refresh at once
 
     def set(self, fault: Fault) -> None:
         with self._lock:
             self._active[fault.kind] = fault
+            self.version += 1
 
     def clear(self, kind: str | None = None) -> None:
         if kind is not None and kind not in KINDS:
@@ -89,6 +91,7 @@ class Faults:
                 self._active.clear()
             else:
                 self._active.pop(kind, None)
+            self.version += 1
 
     def active(self) -> list[Fault]:
         with self._lock:
