@@ -64,7 +64,16 @@ def parse_timestamp(text: str) -> datetime:
     """``YYYY-MM-DD HH:MM:SS[.fffffff]`` as UTC; fractions beyond 6 digits are rounded to
     the microsecond (``fromisoformat`` rejects the trace's 7 digits on Python 3.11)."""
     head, _, frac = text.strip().partition(".")
-    dt = datetime.strptime(head, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    if len(head) != 19 or head[4] != "-" or head[7] != "-" or head[10] != " ":
+        raise ValueError(f"expected YYYY-MM-DD HH:MM:SS, got {head!r}")
+    # Slicing is ~10x faster than strptime; datetime() still validates every field.
+    try:
+        dt = datetime(
+            int(head[0:4]), int(head[5:7]), int(head[8:10]),
+            int(head[11:13]), int(head[14:16]), int(head[17:19]), tzinfo=UTC,
+        )
+    except ValueError as exc:
+        raise ValueError(f"bad date/time {head!r}: {exc}") from None
     if frac:
         if not frac.isdigit():
             raise ValueError(f"bad fractional seconds {frac!r}")
