@@ -11,7 +11,9 @@ import json
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,6 +33,8 @@ from controlplane.config import GovernorConfig, parse_config
 from controlplane.errors import ConfigError
 from controlplane.ingest import SERVICE, WRITER_SERVICE, build_otlp_ingest
 from controlplane.server import AppContext, build_context
+from controlplane.store.chdb_driver import ChdbStore
+from controlplane.store.migrate import migrate
 
 VIEWER = "viewer-token-0123456789"
 
@@ -43,44 +47,64 @@ class Served:
     def flush(self) -> None:
         assert self.ctx.services[WRITER_SERVICE].flush(10)
 
-    def requests(self) -> list[dict[str, Any]]:
+    def requests(self, pool: str = "") -> list[dict[str, Any]]:
         self.flush()
-        r = httpx.get(f"{self.url}/api/v1/requests", params={"since": "0"},
+        r = httpx.get(f"{self.url}/api/v1/requests", params={"since": "0", "pool": pool},
                       headers={"Authorization": f"Bearer {VIEWER}"})
         r.raise_for_status()
         return sorted(r.json()["requests"], key=lambda row: row["input_tokens"])
 
 
-@pytest.fixture
-def serve(store, tmp_path) -> Iterator[Any]:
-    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+def _start(store: Any, spool: Path, config: dict[str, Any] | None,
+           servers: list[tuple[uvicorn.Server, threading.Thread]]) -> Served:
+    config = dict(config or {})
+    if "writer" in GovernorConfig.model_fields:  # keep each server's spool to itself
+        config["writer"] = {"spool_dir": str(spool)}
+    cfg = parse_config(config)
+    ctx = build_context(cfg, store, TokenAuth({VIEWER: "viewer"}), builders=[build_otlp_ingest])
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(ctx), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:  # uvicorn exposes no event for this
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.01)
+    servers.append((server, thread))
+    return Served(ctx, f"http://127.0.0.1:{sock.getsockname()[1]}")
 
-    def start(config: dict[str, Any] | None = None) -> Served:
-        config = dict(config or {})
-        if "writer" in GovernorConfig.model_fields:  # keep each test's spool to itself
-            config["writer"] = {"spool_dir": str(tmp_path / "spool")}
-        cfg = parse_config(config)
-        ctx = build_context(cfg, store, TokenAuth({VIEWER: "viewer"}),
-                            builders=[build_otlp_ingest])
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        server = uvicorn.Server(uvicorn.Config(create_app(ctx), log_level="warning"))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 20
-        while not server.started:  # uvicorn exposes no event for this
-            assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.01)
-        servers.append((server, thread))
-        return Served(ctx, f"http://127.0.0.1:{sock.getsockname()[1]}")
 
-    yield start
+def _stop(servers: list[tuple[uvicorn.Server, threading.Thread]]) -> None:
     for server, thread in servers:
         server.should_exit = True
         thread.join(20)
 
 
-def export_with_sdk(url: str, spans: list[dict[str, Any]], **exporter_kw: Any) -> list[Any]:
+@pytest.fixture
+def serve(store, tmp_path) -> Iterator[Any]:
+    """A server with its own config and store, for tests that change the configuration."""
+    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+    yield lambda config=None: _start(store, tmp_path / "spool", config, servers)
+    _stop(servers)
+
+
+@pytest.fixture(scope="module")
+def shared(chdb_path, tmp_path_factory) -> Iterator[Served]:
+    """One default-config server for the tests that only read their own pool's rows."""
+    st = ChdbStore(chdb_path, database=f"t_{uuid.uuid4().hex[:12]}")
+    migrate(st)
+    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+    try:
+        yield _start(st, tmp_path_factory.mktemp("spool"), None, servers)
+    finally:
+        _stop(servers)
+        st.command(f"DROP DATABASE IF EXISTS {st.database}")
+        st.close()
+
+
+def export_with_sdk(url: str, spans: list[dict[str, Any]], service: str = "chat-8b",
+                    **exporter_kw: Any) -> list[Any]:
     """Export spans through the real SDK + OTLP/HTTP exporter; returns the export results."""
     results: list[Any] = []
 
@@ -90,8 +114,8 @@ def export_with_sdk(url: str, spans: list[dict[str, Any]], **exporter_kw: Any) -
             results.append(result)
             return result
 
-    tp = TracerProvider(resource=Resource.create({"service.name": "chat-8b",
-                                                  "service.instance.id": "chat-8b-0"}))
+    tp = TracerProvider(resource=Resource.create({"service.name": service,
+                                                  "service.instance.id": f"{service}-0"}))
     tp.add_span_processor(SimpleSpanProcessor(Recording(endpoint=f"{url}/v1/traces",
                                                         timeout=10, **exporter_kw)))
     tracer = tp.get_tracer("vllm.entrypoints.openai")
@@ -120,12 +144,13 @@ VLLM_SPAN = {
 }
 
 
-def test_the_real_otlp_http_exporter_lands_rows_with_the_right_values(serve):
-    s = serve()
-    results = export_with_sdk(s.url, [VLLM_SPAN, {"name": "GET /health", "attributes": {}}])
+def test_the_real_otlp_http_exporter_lands_rows_with_the_right_values(shared):
+    s = shared
+    results = export_with_sdk(s.url, [VLLM_SPAN, {"name": "GET /health", "attributes": {}}],
+                              service="plain")
     assert results == [SpanExportResult.SUCCESS, SpanExportResult.SUCCESS]
-    (row,) = s.requests()
-    assert row["pool"] == "chat-8b" and row["replica"] == "chat-8b-0"
+    (row,) = s.requests("plain")
+    assert row["pool"] == "plain" and row["replica"] == "plain-0"
     assert row["model"] == "meta-llama/Llama-3.1-8B-Instruct"
     assert row["ttft_ms"] == 250.0 and row["e2e_ms"] == 4250.0 and row["queue_ms"] == 50.0
     assert row["tpot_ms"] == 20.0 and row["decode_ms"] == 4000.0
@@ -134,17 +159,18 @@ def test_the_real_otlp_http_exporter_lands_rows_with_the_right_values(serve):
     assert len(row["trace_id"]) == 32 and len(row["span_id"]) == 16
 
 
-def test_gzip_compressed_exports_are_accepted(serve):
-    s = serve()
-    results = export_with_sdk(s.url, [VLLM_SPAN], compression=Compression.Gzip)
+def test_gzip_compressed_exports_are_accepted(shared):
+    s = shared
+    results = export_with_sdk(s.url, [VLLM_SPAN], service="gzipped",
+                              compression=Compression.Gzip)
     assert results == [SpanExportResult.SUCCESS]
-    assert len(s.requests()) == 1
+    assert len(s.requests("gzipped")) == 1
 
 
-def json_doc(spans: list[dict[str, Any]]) -> bytes:
+def json_doc(spans: list[dict[str, Any]], pool: str) -> bytes:
     return json.dumps({"resourceSpans": [{
         "resource": {"attributes": [{"key": "service.name",
-                                     "value": {"stringValue": "json-pool"}}]},
+                                     "value": {"stringValue": pool}}]},
         "scopeSpans": [{"spans": spans}],
     }]}).encode()
 
@@ -159,34 +185,35 @@ def json_span(i: int, **attrs: Any) -> dict[str, Any]:
     }
 
 
-def test_otlp_json_is_accepted_and_answered_in_json(serve):
-    s = serve()
-    body = json_doc([json_span(1, **{"gen_ai.usage.input_tokens": {"intValue": "7"}})])
+def test_otlp_json_is_accepted_and_answered_in_json(shared):
+    s = shared
+    body = json_doc([json_span(1, **{"gen_ai.usage.input_tokens": {"intValue": "7"}})],
+                    "json-pool")
     r = httpx.post(f"{s.url}/v1/traces", content=body,
                    headers={"Content-Type": "application/json"})
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     assert r.json() == {}
-    (row,) = s.requests()
+    (row,) = s.requests("json-pool")
     assert (row["pool"], row["input_tokens"], row["e2e_ms"]) == ("json-pool", 7, 1000.0)
 
 
-def test_unmappable_spans_get_partial_success_and_the_good_ones_are_kept(serve):
-    s = serve()
+def test_unmappable_spans_get_partial_success_and_the_good_ones_are_kept(shared):
+    s = shared
     body = json_doc([
         json_span(1, **{"gen_ai.usage.input_tokens": {"intValue": "5"}}),
         json_span(2, **{"gen_ai.usage.output_tokens": {"stringValue": "lots"}}),
-    ])
+    ], "partial")
     r = httpx.post(f"{s.url}/v1/traces", content=body,
                    headers={"Content-Type": "application/json"})
     assert r.status_code == 200
     partial = r.json()["partialSuccess"]
     assert partial["rejectedSpans"] == "1"
     assert "gen_ai.usage.output_tokens: expected a number, got 'lots'" in partial["errorMessage"]
-    assert [row["input_tokens"] for row in s.requests()] == [5]
+    assert [row["input_tokens"] for row in s.requests("partial")] == [5]
 
 
-def test_a_malformed_body_gets_400_with_a_message_and_the_server_keeps_serving(serve):
-    s = serve()
+def test_a_malformed_body_gets_400_with_a_message_and_the_server_keeps_serving(shared):
+    s = shared
     r = httpx.post(f"{s.url}/v1/traces", content=b"\x0a\xff\xff\xff",
                    headers={"Content-Type": "application/x-protobuf"})
     assert r.status_code == 400
@@ -197,8 +224,9 @@ def test_a_malformed_body_gets_400_with_a_message_and_the_server_keeps_serving(s
                    headers={"Content-Type": "application/json"})
     assert r.status_code == 400
     assert r.json()["message"] == "resourceSpans: expected an array, got int"
-    assert export_with_sdk(s.url, [VLLM_SPAN]) == [SpanExportResult.SUCCESS]
-    assert len(s.requests()) == 1
+    assert export_with_sdk(s.url, [VLLM_SPAN], service="after-400") == [
+        SpanExportResult.SUCCESS]
+    assert len(s.requests("after-400")) == 1
 
 
 def test_bodies_over_the_limit_get_413_even_when_they_arrive_gzipped(serve):
@@ -214,8 +242,8 @@ def test_bodies_over_the_limit_get_413_even_when_they_arrive_gzipped(serve):
     assert "limit of 4096" in status_pb2.Status.FromString(r.content).message
 
 
-def test_other_content_types_get_415(serve):
-    s = serve()
+def test_other_content_types_get_415(shared):
+    s = shared
     r = httpx.post(f"{s.url}/v1/traces", content=b"hello", headers={"Content-Type": "text/plain"})
     assert r.status_code == 415
     assert "application/x-protobuf" in r.json()["message"]
