@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 from controlplane.store.base import Store
+from controlplane.store.chdb_driver import ChdbStore
 from controlplane.store.clickhouse_driver import ClickHouseStore
 from controlplane.store.migrate import migrate
 from tests.support.front import FrontProcess
@@ -48,3 +51,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module", params=["chdb", "clickhouse"])
+def shared_store(
+    request: pytest.FixtureRequest, chdb_path: Path, chdb_front: FrontProcess
+) -> Iterator[Store]:
+    """Each driver, one migrated database per test module: for tests that write nothing
+    (or only rows they also check), so the suite is not dominated by migrations."""
+    db = f"m_{uuid.uuid4().hex[:12]}"
+    s: Store
+    if request.param == "chdb":
+        s = ChdbStore(chdb_path, database=db)
+    else:
+        s = ClickHouseStore(chdb_front.url, database=db)
+    migrate(s)
+    try:
+        yield s
+    finally:
+        s.command(f"DROP DATABASE IF EXISTS {s.database}")
+        s.close()

@@ -17,7 +17,12 @@ class FrontProcess:
     """The front in its own process, with its own chDB data directory."""
 
     def __init__(
-        self, data_dir: Path, *, user: str = "default", password: str = "", start_timeout_s: float = 60
+        self,
+        data_dir: Path,
+        *,
+        user: str = "default",
+        password: str = "",
+        start_timeout_s: float = 60,
     ) -> None:
         self.data_dir = data_dir
         self.user = user
