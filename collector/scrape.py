@@ -140,6 +140,10 @@ class Scraper:
         with self._lock:
             return [self._health[k] for k in sorted(self._health)]
 
+    @property
+    def has_discovery(self) -> bool:
+        return self._discovery is not None
+
     def discovery_errors(self) -> dict[str, str]:
         return self._discovery.errors if self._discovery else {}
 

@@ -170,17 +170,18 @@ class FileDiscovery:
 
 
 def static_targets(items: Iterable[Mapping[str, Any]]) -> list[Target]:
-    """Targets from config entries ``{url, kind, pool, replica}``."""
+    """Targets from config entries ``{url, kind, pool, replica, model, node}``."""
     out = []
     for item in items:
         url = str(item["url"])
+        labels = {k: str(item[k]) for k in ("model", "node") if item.get(k)}
         out.append(
             Target(
                 url=url,
                 kind=str(item["kind"]),
                 pool=str(item.get("pool", "")),
                 replica=str(item.get("replica", "")),
-                labels={},
+                labels=labels,
             )
         )
     return out

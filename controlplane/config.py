@@ -68,7 +68,9 @@ class ScrapeTarget(_Model):
     url: str = Field(pattern=r"^https?://")
     kind: Literal["vllm", "sglang", "tgi", "triton", "dcgm", "agent"]
     pool: str = ""
-    replica: str = ""
+    replica: str = ""  # engines: default host:port; GPU exporters: the pod label, if any
+    model: str = ""  # for engines whose metrics carry no model label (TGI)
+    node: str = ""  # for GPU exporters whose metrics carry no host label
 
 
 class ScrapeConfig(_Model):
