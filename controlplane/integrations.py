@@ -7,4 +7,5 @@ Add one import line per integration; keep this file free of logic.
 from __future__ import annotations
 
 import controlplane.ingest  # noqa: F401  OTLP/HTTP receiver -> span mapping -> writer
+import controlplane.scraping  # noqa: F401  scrape loop -> writer; target health for the policy
 import controlplane.slo.scheduler  # noqa: F401  SLO evaluation job (apscheduler)
