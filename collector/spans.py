@@ -15,7 +15,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from opentelemetry.context import Context
@@ -41,13 +41,35 @@ _KINDS = {
 _LOG_EVERY = 1000
 
 
+def _plain(attributes: Any) -> Mapping[str, Any]:
+    """A plain dict view of SDK attributes.
+
+    ``BoundedAttributes`` is a ``MutableMapping`` without ``__contains__``/``get``, so each
+    missing-key lookup through it raises and catches a ``KeyError`` (about a microsecond).
+    Its backing dict is read directly when present; attributes of an ended span and of a
+    resource are immutable, so no copy is needed.
+    """
+    inner = getattr(attributes, "_dict", None)
+    if isinstance(inner, dict):
+        return inner
+    return attributes if isinstance(attributes, dict) else dict(attributes or {})
+
+
+def _span_attributes(span: ReadableSpan) -> Mapping[str, Any]:
+    raw = getattr(span, "_attributes", _MISSING)
+    return _plain(span.attributes if raw is _MISSING else raw)
+
+
+_MISSING = object()
+
+
 def span_view(span: ReadableSpan) -> SpanView:
     """The mapping's view of an SDK span."""
     ctx = span.context
-    resource = span.resource.attributes if span.resource is not None else {}
+    resource = _plain(span.resource.attributes) if span.resource is not None else {}
     return SpanView(
         name=span.name,
-        attributes=dict(span.attributes or {}),
+        attributes=_span_attributes(span),
         resource=resource,
         start_ns=span.start_time or 0,
         end_ns=span.end_time or span.start_time or 0,
@@ -112,7 +134,7 @@ class LLMSpanProcessor(SpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         try:
-            if not is_llm_span(span.name, span.attributes or _EMPTY):
+            if not is_llm_span(span.name, _span_attributes(span)):
                 self.ignored += 1
                 return
             if self._closed or len(self._queue) >= self._queue_max:
@@ -203,9 +225,6 @@ class LLMSpanProcessor(SpanProcessor):
                 self.mapped += 1
                 records.append(record)
         return records
-
-
-_EMPTY: dict[str, Any] = {}
 
 
 class _ProcessorCollector:
