@@ -22,6 +22,7 @@ lives).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -51,6 +52,9 @@ class Batch:
     columns: tuple[str, ...]
     rows: list[tuple[Any, ...]]
     token: str
+    # Sent to the target at least once: it may be in the store already, so it is only
+    # ever replayed alone, under its own token.
+    attempted: bool = False
 
 
 # Called with (batches, rows) each time the spool drops data to stay within bounds.
@@ -66,9 +70,14 @@ class Spool(Protocol):
 
     def append(self, batch: Batch) -> None: ...
 
-    def peek(self) -> Batch | None: ...
+    def peek(self, max_rows: int = 0) -> Batch | None:
+        """The oldest batch; with ``max_rows``, merged with the never-attempted batches
+        after it (same table, up to ``max_rows`` rows) under a token derived from theirs."""
+        ...
 
-    def pop(self) -> None: ...
+    def pop(self) -> None:
+        """Remove what the last ``peek`` returned."""
+        ...
 
     def close(self) -> None: ...
 
@@ -104,6 +113,7 @@ def encode(batch: Batch) -> bytes:
         "t": batch.table,
         "c": list(batch.columns),
         "k": batch.token,
+        "a": batch.attempted,
         "r": [[_enc(v) for v in row] for row in batch.rows],
     }
     try:
@@ -120,9 +130,29 @@ def decode(payload: bytes) -> Batch:
     try:
         body = json.loads(zlib.decompress(payload))
         rows = [tuple(_dec(v) for v in row) for row in body["r"]]
-        return Batch(body["t"], tuple(body["c"]), rows, body["k"])
+        return Batch(body["t"], tuple(body["c"]), rows, body["k"], bool(body.get("a")))
     except (ValueError, KeyError, TypeError, zlib.error) as exc:
         raise SpoolError(f"undecodable spool record: {exc}") from exc
+
+
+def merge(group: list[Batch]) -> Batch:
+    """One insert for several spooled batches; the token depends only on theirs, so the
+    same group always gets the same token and a repeated insert stays a no-op."""
+    if len(group) == 1:
+        return group[0]
+    digest = hashlib.sha256("\n".join(b.token for b in group).encode()).hexdigest()[:32]
+    rows = [r for b in group for r in b.rows]
+    return Batch(group[0].table, group[0].columns, rows, f"m{digest}")
+
+
+def _joins(group: list[Batch], rows: int, b: Batch, max_rows: int) -> bool:
+    if not group:
+        return True
+    head = group[0]
+    return (
+        not head.attempted and not b.attempted and b.table == head.table
+        and b.columns == head.columns and rows + len(b.rows) <= max_rows
+    )  # fmt: skip
 
 
 # -- disk ----------------------------------------------------------------------------
@@ -174,6 +204,7 @@ class DiskSpool:
         # Totals kept as plain ints so other threads can read them while the owner mutates.
         self._bytes = 0
         self._batches = 0
+        self._peeked = 0
         self._next_seq = 1
         self._scan()
 
@@ -264,34 +295,50 @@ class DiskSpool:
         if seg.size >= self.segment_bytes:
             self._seal(seg)
 
-    def peek(self) -> Batch | None:
+    def peek(self, max_rows: int = 0) -> Batch | None:
         while self._segments:
             seg = self._segments[0]
             if not seg.records:
                 self._delete_head()
                 continue
-            off, length, _ = seg.records[0]
+            # Replay reads sealed segments only: their content is fixed, so grouping from
+            # the segment's start gives the same groups (and tokens) after a restart.
+            self._seal(seg)
+            group: list[Batch] = []
+            rows = 0
             try:
                 with open(seg.path, "rb") as f:
-                    f.seek(off)
-                    payload = f.read(length)
-                return decode(payload)
+                    for off, length, _ in seg.records:
+                        f.seek(off)
+                        b = decode(f.read(length))
+                        if not _joins(group, rows, b, max_rows):
+                            break
+                        group.append(b)
+                        rows += len(b.rows)
+                        if not max_rows:
+                            break
             except (OSError, SpoolError) as exc:
-                # Checksummed at scan/append, so this is a disk fault: skip, never loop.
-                log.error("spool: cannot read record in %s: %s; skipping it", seg.path.name, exc)
-                self._on_corrupt(1)
-                seg.records.popleft()
-                self._batches -= 1
+                if not group:
+                    # Checksummed at scan/append, so this is a disk fault: skip, never loop.
+                    log.error("spool: unreadable record in %s: %s; skipped", seg.path.name, exc)
+                    self._on_corrupt(1)
+                    seg.records.popleft()
+                    self._batches -= 1
+                    continue
+            self._peeked = len(group)
+            return merge(group)
         return None
 
     def pop(self) -> None:
-        if not self._segments or not self._segments[0].records:
-            return
-        seg = self._segments[0]
-        seg.records.popleft()
-        self._batches -= 1
-        if not seg.records:
-            self._delete_head()
+        n, self._peeked = max(self._peeked, 1), 0
+        for _ in range(n):
+            if not self._segments or not self._segments[0].records:
+                return
+            seg = self._segments[0]
+            seg.records.popleft()
+            self._batches -= 1
+            if not seg.records:
+                self._delete_head()
 
     def close(self) -> None:
         for seg in self._segments:
@@ -350,6 +397,7 @@ class MemorySpool:
         self._on_drop = on_drop or (lambda b, r: None)
         self._items: deque[tuple[Batch, int]] = deque()
         self._bytes = 0
+        self._peeked = 0
 
     @property
     def bytes(self) -> int:
@@ -378,11 +426,22 @@ class MemorySpool:
             )  # fmt: skip
             self._on_drop(dropped_b, dropped_r)
 
-    def peek(self) -> Batch | None:
-        return self._items[0][0] if self._items else None
+    def peek(self, max_rows: int = 0) -> Batch | None:
+        group: list[Batch] = []
+        rows = 0
+        for b, _ in self._items:
+            if not _joins(group, rows, b, max_rows):
+                break
+            group.append(b)
+            rows += len(b.rows)
+            if not max_rows:
+                break
+        self._peeked = len(group)
+        return merge(group) if group else None
 
     def pop(self) -> None:
-        if self._items:
+        n, self._peeked = max(self._peeked, 1), 0
+        for _ in range(min(n, len(self._items))):
             _, size = self._items.popleft()
             self._bytes -= size
 

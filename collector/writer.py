@@ -10,7 +10,10 @@ one worker thread, which does all I/O::
 While the spool holds anything, new batches join its tail, so delivery order is the
 order batches were formed in. A spooled record is removed only after the target
 accepted it; the token travels with it, so a replay of a batch the store had already
-taken (ack lost, crash between insert and delete) is a no-op in the store.
+taken (ack lost, crash between insert and delete) is a no-op in the store. Replay merges
+consecutive spooled batches that were never sent (up to ``replay_max_rows``) into one
+insert under a token derived from theirs (see ``collector.spool.merge``); a batch that
+was sent once is replayed alone under its own token.
 
 A non-retryable error (``is_retryable(exc)`` is false: bad data) is narrowed down by
 splitting the batch, so only the rows the target rejects are dead-lettered (counted and
@@ -26,7 +29,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -125,8 +128,9 @@ class Writer:
         clock: _MonotonicClock | None = None,
         registry: CollectorRegistry | None = None,
         backoff_initial_s: float = 0.5,
-        backoff_max_s: float = 30.0,
+        backoff_max_s: float = 10.0,
         idle_wait_s: float = 0.25,
+        replay_max_rows: int | None = None,
     ) -> None:
         for name, value in (("batch_size", batch_size), ("queue_max", queue_max)):
             if value < 1:
@@ -138,6 +142,9 @@ class Writer:
             )
         self._target = target
         self._batch_size = batch_size
+        # Replay merges spooled batches into fewer, larger inserts (the store's cost is
+        # mostly per insert), so a backlog drains faster than it built up.
+        self._replay_max_rows = replay_max_rows or 4 * batch_size
         self._interval = flush_interval_s
         self._queue_max = queue_max
         self._is_retryable = is_retryable
@@ -333,19 +340,22 @@ class Writer:
             return False
         spool = self._spool
         if spool is not None and spool.batches:
-            batch = spool.peek()
+            batch = spool.peek(self._replay_max_rows)
             if batch is None:
                 self._sync_spool_gauges()
                 return True
             if not self._insert(batch):
                 return False
+            before = spool.batches
             spool.pop()
-            self._replayed += 1
-            self._m.replayed.inc()
+            self._replayed += before - spool.batches
+            self._m.replayed.inc(before - spool.batches)
             self._sync_spool_gauges()
             return True
         if self._pending:
             if not self._insert(self._pending[0]):
+                # It may have reached the store (lost ack): never merge it on replay.
+                self._pending[0] = replace(self._pending[0], attempted=True)
                 self._spool_pending()
                 return False
             self._pending.popleft()

@@ -179,3 +179,47 @@ def test_unexpected_files_in_the_directory_are_left_alone(tmp_path: Path) -> Non
     spool.append(batch(1))
     assert (tmp_path / "notes.seg").read_text() == "mine"
     assert [b.token for b in drain(spool)] == ["token-1"]
+
+
+@pytest.mark.parametrize("kind", ["disk", "memory"], ids=["on disk", "in memory"])
+def test_replay_merges_unsent_batches_of_one_table_up_to_the_row_limit(
+    tmp_path: Path, kind: str
+) -> None:
+    spool = DiskSpool(tmp_path) if kind == "disk" else MemorySpool()
+    for i in range(5):
+        spool.append(batch(i))  # 3 rows each
+    spool.append(Batch("gpu_samples", ("ts",), [(None,)], "gpu"))
+    spool.append(batch(6))
+    groups = []
+    while (b := spool.peek(max_rows=7)) is not None:
+        groups.append((b.table, len(b.rows)))
+        spool.pop()
+    assert groups == [("requests", 6), ("requests", 6), ("requests", 3), ("gpu_samples", 1),
+                      ("requests", 3)]  # fmt: skip
+
+
+def test_a_batch_sent_before_is_replayed_alone_under_its_own_token(tmp_path: Path) -> None:
+    spool = DiskSpool(tmp_path)
+    spool.append(batch(0))
+    sent = batch(1)
+    spool.append(Batch(sent.table, sent.columns, sent.rows, sent.token, attempted=True))
+    spool.append(batch(2))
+    spool.append(batch(3))
+    tokens = []
+    while (b := spool.peek(max_rows=100)) is not None:
+        tokens.append(b.token)
+        spool.pop()
+    assert tokens[:2] == ["token-0", "token-1"]
+    assert tokens[2].startswith("m") and len(tokens) == 3
+
+
+def test_a_merged_group_gets_the_same_token_after_a_restart(tmp_path: Path) -> None:
+    first = DiskSpool(tmp_path)
+    for i in range(4):
+        first.append(batch(i))
+    before = first.peek(max_rows=100)
+    first.close()  # crash before pop: the group is still on disk
+    again = DiskSpool(tmp_path)
+    after = again.peek(max_rows=100)
+    assert before is not None and after is not None
+    assert after.token == before.token and after.rows == before.rows
