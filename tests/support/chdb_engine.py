@@ -108,6 +108,12 @@ class Engine:
                 return self._session.query(sql, fmt, params=dict(params))
             return self._session.query(sql, fmt)
         except Exception as exc:  # chDB raises ChdbError/RuntimeError with the engine's text
+            # chDB quirk: a query that fails mid-way can leave its partial output (e.g. an
+            # Arrow header) in the session, prepended to the next result; drain it.
+            try:
+                self._session.query("SELECT 1", "TabSeparated")
+            except Exception:  # noqa: S110 - best effort; the original error is what matters
+                pass
             msg = str(exc).strip()
             m = _CODE.search(msg)
             raise FrontError(int(m.group(1)) if m else 1001, msg) from exc
