@@ -25,7 +25,7 @@ from controlplane.store.chdb_driver import ChdbStore
 VIEWER = "viewer-token-0123456789"
 OPERATOR = "operator-token-0123456789"
 V = {"Authorization": f"Bearer {VIEWER}"}
-O = {"Authorization": f"Bearer {OPERATOR}"}
+OP = {"Authorization": f"Bearer {OPERATOR}"}
 
 
 class Alerts:
@@ -90,7 +90,7 @@ def test_slos_are_listed_before_any_evaluation_as_unknown(client: TestClient) ->
 
 def test_evaluate_needs_operator_and_then_status_shows_burn_rates(client: TestClient) -> None:
     assert client.post("/api/v1/slos/evaluate", headers=V).status_code == 403
-    r = client.post("/api/v1/slos/evaluate", headers=O)
+    r = client.post("/api/v1/slos/evaluate", headers=OP)
     assert r.status_code == 200 and r.json()["evaluated"] == 2
     body = {s["name"]: s for s in client.get("/api/v1/slos", headers=V).json()["slos"]}
     avail = body["chat-avail"]
@@ -106,7 +106,7 @@ def test_evaluate_needs_operator_and_then_status_shows_burn_rates(client: TestCl
 
 
 def test_one_slo_and_its_history(client: TestClient, now: float) -> None:
-    client.post("/api/v1/slos/evaluate", headers=O)
+    client.post("/api/v1/slos/evaluate", headers=OP)
     one = client.get("/api/v1/slos/chat-ttft", headers=V).json()
     assert one["name"] == "chat-ttft" and one["sli"] == 1.0 and one["sli_kind"] == "latency"
     assert one["tiers"][0] == {"name": "page-fast", "severity": "page", "long": "14m",
@@ -119,13 +119,28 @@ def test_one_slo_and_its_history(client: TestClient, now: float) -> None:
 
 BAD_REQUESTS = [
     # (what, path, headers, status, message)
-    ("an unknown SLO", "/api/v1/slos/nope", V, 404,
-     "unknown SLO 'nope' (known: chat-avail, chat-ttft)"),
+    (
+        "an unknown SLO",
+        "/api/v1/slos/nope",
+        V,
+        404,
+        "unknown SLO 'nope' (known: chat-avail, chat-ttft)",
+    ),
     ("history of an unknown SLO", "/api/v1/slos/nope/history", V, 404, "unknown SLO 'nope'"),
-    ("an unreadable time", "/api/v1/slos/chat-ttft/history?since=yesterday", V, 400,
-     "since: expected RFC 3339"),
-    ("since after until", "/api/v1/slos/chat-ttft/history?since=200&until=100", V, 400,
-     "must be before until"),
+    (
+        "an unreadable time",
+        "/api/v1/slos/chat-ttft/history?since=yesterday",
+        V,
+        400,
+        "since: expected RFC 3339",
+    ),
+    (
+        "since after until",
+        "/api/v1/slos/chat-ttft/history?since=200&until=100",
+        V,
+        400,
+        "must be before until",
+    ),
     ("no token", "/api/v1/slos", {}, 401, "missing or unknown bearer token"),
 ]
 
@@ -156,7 +171,10 @@ def test_the_scheduler_evaluates_on_its_own_and_feeds_alerts(
     try:
         job = job_kwargs._scheduler.get_job(scheduler.JOB_ID)  # type: ignore[union-attr]
         assert (job.max_instances, job.coalesce, job.trigger.interval.total_seconds()) == (
-            1, True, 10.0)
+            1,
+            True,
+            10.0,
+        )
     finally:
         job_kwargs.stop()
 

@@ -37,8 +37,14 @@ from controlplane.slo.windows import (
         (0, 50, 0.9, 10.0, -9.0),
         (0, 0, 0.99, None, None),
     ],
-    ids=["spending exactly the budget", "a tenth of the budget", "the fast page threshold",
-         "no errors", "every request bad", "no events is not computable"],
+    ids=[
+        "spending exactly the budget",
+        "a tenth of the budget",
+        "the fast page threshold",
+        "no errors",
+        "every request bad",
+        "no events is not computable",
+    ],
 )
 def test_burn_rate_and_budget(good, total, objective, burn, remaining) -> None:
     c = Counts(good, total)
@@ -59,9 +65,14 @@ def test_burn_rate_and_budget(good, total, objective, burn, remaining) -> None:
         (0.5, 0.0, 30 * DAY, None),
         (None, 5.0, 30 * DAY, None),
     ],
-    ids=["half the budget at burn 1", "a full budget at the page rate",
-         "a fifth at twice the rate", "already overspent", "no burn never exhausts",
-         "unknown budget"],
+    ids=[
+        "half the budget at burn 1",
+        "a full budget at the page rate",
+        "a fifth at twice the rate",
+        "already overspent",
+        "no burn never exhausts",
+        "unknown budget",
+    ],
 )
 def test_time_to_exhaustion(remaining, burn, window_s, expected) -> None:
     got = time_to_exhaustion(remaining, burn, window_s)
@@ -80,8 +91,7 @@ def test_time_to_exhaustion(remaining, burn, window_s, expected) -> None:
         # 10 days: 5m x 1/3 rounds to 2m; 1h x 1/3 = 20m exactly
         (10 * DAY, [("20m", "2m", 14.4), ("2h", "10m", 6.0), ("1d", "2h", 1.0)]),
     ],
-    ids=["30 days is the workbook table", "28 days", "a week", "a quarter", "one day",
-         "ten days"],
+    ids=["30 days is the workbook table", "28 days", "a week", "a quarter", "one day", "ten days"],
 )
 def test_default_tiers_rescale_windows_and_keep_budget_fractions(window_s, expected) -> None:
     tiers = default_tiers(window_s)
@@ -96,7 +106,10 @@ def test_rounding_a_long_window_recomputes_the_factor() -> None:
     # 45 days: 6h x 1.5 = 9h exactly but 1h x 1.5 = 90m; 3d x 1.5 = 4d12h
     tiers = default_tiers(45 * DAY)
     assert [(t.long_s, t.factor) for t in tiers] == [
-        (90 * MINUTE, 14.4), (9 * HOUR, 6.0), (108 * HOUR, 1.0)]
+        (90 * MINUTE, 14.4),
+        (9 * HOUR, 6.0),
+        (108 * HOUR, 1.0),
+    ]
     # 29 days: 1h x 29/30 = 58m: factor = 0.02 x 29d / 58m = 14.4 still (exact scale)
     # 31 days: 5m x 31/30 = 5.17m -> 5m (short windows do not change factors)
     assert [format_duration(t.short_s) for t in default_tiers(31 * DAY)] == ["5m", "31m", "6h12m"]
@@ -120,10 +133,27 @@ def test_bad_durations_are_refused(bad: str) -> None:
 @pytest.mark.parametrize(
     ("calendar", "tz", "until", "start", "length_days"),
     [
-        ("month", "UTC", datetime(2026, 2, 10, 12, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC), 28),
-        ("month", "Europe/Paris", datetime(2026, 3, 31, 23, 30, tzinfo=UTC),
-         datetime(2026, 3, 31, 22, tzinfo=UTC), 30),
-        ("week", "UTC", datetime(2026, 11, 22, 1, tzinfo=UTC), datetime(2026, 11, 16, tzinfo=UTC), 7),
+        (
+            "month",
+            "UTC",
+            datetime(2026, 2, 10, 12, tzinfo=UTC),
+            datetime(2026, 2, 1, tzinfo=UTC),
+            28,
+        ),
+        (
+            "month",
+            "Europe/Paris",
+            datetime(2026, 3, 31, 23, 30, tzinfo=UTC),
+            datetime(2026, 3, 31, 22, tzinfo=UTC),
+            30,
+        ),
+        (
+            "week",
+            "UTC",
+            datetime(2026, 11, 22, 1, tzinfo=UTC),
+            datetime(2026, 11, 16, tzinfo=UTC),
+            7,
+        ),
     ],
     ids=["February in UTC", "April starts at 00:00 Paris time", "a week starts on Monday"],
 )
@@ -147,8 +177,13 @@ def _state(long_s: int, active: bool) -> TierState:
         ((True, False, True), [True, False, False]),
         ((False, False, False), [False, False, False]),
     ],
-    ids=["all burning: only the fastest", "the slow page mutes the ticket",
-         "only the ticket", "a gap still mutes slower ones", "nothing burning"],
+    ids=[
+        "all burning: only the fastest",
+        "the slow page mutes the ticket",
+        "only the ticket",
+        "a gap still mutes slower ones",
+        "nothing burning",
+    ],
 )
 def test_slower_tiers_are_suppressed_while_a_faster_one_is_active(actives, shown) -> None:
     # given out of order to check that speed, not position, decides

@@ -92,9 +92,16 @@ def test_a_fast_burn_pages_once_then_resolves_after_errors_stop(store: ChdbStore
     traffic(store, now, range(12, 1500), per_min=20)  # 25 h of healthy history
     traffic(store, now, range(2, 12), per_min=20, bad=2)  # 10 min of 10% errors just now
     rec, clock = Recorder(), ManualClock(now)
-    spec = {**AVAIL, "alerting": {"min_events": 100, "tiers": [
-        {"name": "fast", "severity": "page", "long": "1h", "short": "5m", "factor": 14.4},
-        {"name": "slow", "severity": "ticket", "long": "6h", "short": "30m", "factor": 2}]}}
+    spec = {
+        **AVAIL,
+        "alerting": {
+            "min_events": 100,
+            "tiers": [
+                {"name": "fast", "severity": "page", "long": "1h", "short": "5m", "factor": 14.4},
+                {"name": "slow", "severity": "ticket", "long": "6h", "short": "30m", "factor": 2},
+            ],
+        },
+    }
     ev = Evaluator(store, _slos(spec), clock=clock, external_url="http://gov:8080",
                    alerts=lambda: rec)  # fmt: skip
     (r,) = ev.run_once()
@@ -137,7 +144,9 @@ def test_evaluation_offset_ignores_the_newest_minute(store: ChdbStore, now) -> N
     assert r0.burn_rates["5m"] > 0
 
 
-def test_few_events_are_insufficient_data_not_zero_or_hundred_percent(store: ChdbStore, now) -> None:
+def test_few_events_are_insufficient_data_not_zero_or_hundred_percent(
+    store: ChdbStore, now
+) -> None:
     traffic(store, now, range(2, 5), per_min=3, bad=3)  # 9 requests, all failed
     rec = Recorder()
     (r,) = Evaluator(store, _slos({**AVAIL, "alerting": {"min_events": 10}}),
@@ -151,8 +160,10 @@ def test_few_events_are_insufficient_data_not_zero_or_hundred_percent(store: Chd
 def test_no_recent_events_is_an_explicit_no_data_state_and_alert(store: ChdbStore, now) -> None:
     traffic(store, now, range(30, 300), per_min=20)  # traffic stopped 30 min ago
     rec = Recorder()
-    slos = _slos({**AVAIL, "alerting": {"no_data": {"after": "15m", "severity": "page"}}},
-                 {**AVAIL, "name": "empty", "selector": {"pool": "nothing"}})
+    slos = _slos(
+        {**AVAIL, "alerting": {"no_data": {"after": "15m", "severity": "page"}}},
+        {**AVAIL, "name": "empty", "selector": {"pool": "nothing"}},
+    )
     by = {r.slo: r for r in Evaluator(store, slos, clock=ManualClock(now),
                                       alerts=lambda: rec).run_once()}  # fmt: skip
     assert by["avail"].state == "no_data" and by["avail"].sli == 1.0  # window data still shown
@@ -181,7 +192,8 @@ def test_latency_sli_counts_exactly_what_a_raw_scan_counts(store: ChdbStore, now
     (r,) = Evaluator(store, _slos(spec), clock=ManualClock(now)).run_once()
     raw = store.query(
         "SELECT countIf(ttft_us <= 500000), count() FROM requests "
-        "WHERE status = 'ok' AND ttft_us IS NOT NULL AND pool = 'chat' AND ts < {u:DateTime('UTC')}",
+        "WHERE status = 'ok' AND ttft_us IS NOT NULL AND pool = 'chat' "
+        "AND ts < {u:DateTime('UTC')}",
         {"u": r.until},
     ).rows[0]
     assert (r.good, r.total) == (raw[0], raw[1]) == (198 * 16, 198 * 19)
@@ -192,8 +204,12 @@ def test_latency_sli_counts_exactly_what_a_raw_scan_counts(store: ChdbStore, now
 def test_timeslices_count_bad_minutes(store: ChdbStore, now) -> None:
     traffic(store, now, range(8, 62), per_min=10)
     traffic(store, now, range(2, 8), per_min=10, bad=2)  # 6 minutes at 80% good
-    spec = {**AVAIL, "objective": 99, "alerting": {"min_events": 1},
-            "budgeting": {"method": "timeslices", "slice": "1m", "slice_target": 0.9}}
+    spec = {
+        **AVAIL,
+        "objective": 99,
+        "alerting": {"min_events": 1},
+        "budgeting": {"method": "timeslices", "slice": "1m", "slice_target": 0.9},
+    }
     (r,) = Evaluator(store, _slos(spec), clock=ManualClock(now)).run_once()
     assert (r.good, r.total) == (60 - 6, 60)  # minutes, not requests
     assert r.burn_rates["1h"] == pytest.approx((6 / 60) / 0.01)

@@ -46,25 +46,70 @@ def test_the_example_openslo_file_imports() -> None:
 @pytest.mark.parametrize(
     ("spec", "kind", "check"),
     [
-        (_threshold({"metric": "ttft", "pool": "p"}, "lte", 0.25), "latency",
-         lambda s: s.sli.threshold_s == 0.25 and s.selector.pool == "p"),
-        (_threshold({"metric": "output_tokens_per_s", "model": "m"}, "gte", 30), "throughput",
-         lambda s: s.sli.floor_tokens_per_s == 30 and s.selector.model == "m"),
-        ({**_threshold({"metric": "replica_samples.kv_cache_usage", "pool": "p"}, "lt", 0.9,
-                       timeSliceTarget=0.95, timeSliceWindow="1m"),
-          "budgetingMethod": "Timeslices"}, "gauge",
-         lambda s: (s.sli.op, s.sli.value, s.budgeting.slice_target) == ("<", 0.9, 0.95)),
-        ({"indicator": {"metadata": {"name": "i"}, "spec": {"ratioMetric": {
-            "counter": True, "bad": _src({"metric": "requests", "status": "error", "tenant": "t"}),
-            "total": _src({"metric": "requests", "tenant": "t"})}}}}, "availability",
-         lambda s: s.selector.tenant == "t"),
-        ({"indicator": {"metadata": {"name": "i"}, "spec": {"ratioMetric": {
-            "good": _src({"metric": "tpot", "le": 0.05}), "total": _src({"metric": "requests"})}}},
-          "objectives": [{"targetPercent": 99.9}]}, "latency",
-         lambda s: s.sli.metric == "tpot" and s.objective == pytest.approx(0.999)),
+        (
+            _threshold({"metric": "ttft", "pool": "p"}, "lte", 0.25),
+            "latency",
+            lambda s: s.sli.threshold_s == 0.25 and s.selector.pool == "p",
+        ),
+        (
+            _threshold({"metric": "output_tokens_per_s", "model": "m"}, "gte", 30),
+            "throughput",
+            lambda s: s.sli.floor_tokens_per_s == 30 and s.selector.model == "m",
+        ),
+        (
+            {
+                **_threshold(
+                    {"metric": "replica_samples.kv_cache_usage", "pool": "p"},
+                    "lt",
+                    0.9,
+                    timeSliceTarget=0.95,
+                    timeSliceWindow="1m",
+                ),
+                "budgetingMethod": "Timeslices",
+            },
+            "gauge",
+            lambda s: (s.sli.op, s.sli.value, s.budgeting.slice_target) == ("<", 0.9, 0.95),
+        ),
+        (
+            {
+                "indicator": {
+                    "metadata": {"name": "i"},
+                    "spec": {
+                        "ratioMetric": {
+                            "counter": True,
+                            "bad": _src({"metric": "requests", "status": "error", "tenant": "t"}),
+                            "total": _src({"metric": "requests", "tenant": "t"}),
+                        }
+                    },
+                }
+            },
+            "availability",
+            lambda s: s.selector.tenant == "t",
+        ),
+        (
+            {
+                "indicator": {
+                    "metadata": {"name": "i"},
+                    "spec": {
+                        "ratioMetric": {
+                            "good": _src({"metric": "tpot", "le": 0.05}),
+                            "total": _src({"metric": "requests"}),
+                        }
+                    },
+                },
+                "objectives": [{"targetPercent": 99.9}],
+            },
+            "latency",
+            lambda s: s.sli.metric == "tpot" and s.objective == pytest.approx(0.999),
+        ),
     ],
-    ids=["latency threshold", "throughput floor", "gauge with time slices",
-         "availability from bad over total", "latency ratio with targetPercent"],
+    ids=[
+        "latency threshold",
+        "throughput floor",
+        "gauge with time slices",
+        "availability from bad over total",
+        "latency ratio with targetPercent",
+    ],
 )
 def test_mappable_indicators_import(spec: dict, kind: str, check) -> None:
     (slo,) = parse_slos([_slo(spec)], "o.yaml")
@@ -74,34 +119,109 @@ def test_mappable_indicators_import(spec: dict, kind: str, check) -> None:
 @pytest.mark.parametrize(
     ("docs", "path", "reason"),
     [
-        ([_slo({"indicator": {"metadata": {"name": "i"}, "spec": {"thresholdMetric": {
-            "metricSource": {"type": "Prometheus", "spec": {"query": "up"}}}}},
-            "objectives": [{"op": "lte", "value": 1, "target": 0.9}]})],
-         "[0].spec.indicator.spec.thresholdMetric.metricSource.type", "only type Governor"),
-        ([_slo(_threshold({"metric": "ttft"}, "lt", 0.5))], "[0].spec.objectives[0].op",
-         "use op lte"),
-        ([_slo({**_threshold({"metric": "ttft"}, "lte", 0.5),
-                "budgetingMethod": "RatioTimeslices"})], "[0].spec.budgetingMethod",
-         "not supported"),
-        ([_slo({**_threshold({"metric": "ttft"}, "lte", 0.5), "objectives": [
-            {"op": "lte", "value": 0.5, "target": 0.9}, {"op": "lte", "value": 1, "target": 0.99}]})],
-         "[0].spec.objectives", "exactly one objective"),
+        (
+            [
+                _slo(
+                    {
+                        "indicator": {
+                            "metadata": {"name": "i"},
+                            "spec": {
+                                "thresholdMetric": {
+                                    "metricSource": {"type": "Prometheus", "spec": {"query": "up"}}
+                                }
+                            },
+                        },
+                        "objectives": [{"op": "lte", "value": 1, "target": 0.9}],
+                    }
+                )
+            ],
+            "[0].spec.indicator.spec.thresholdMetric.metricSource.type",
+            "only type Governor",
+        ),
+        (
+            [_slo(_threshold({"metric": "ttft"}, "lt", 0.5))],
+            "[0].spec.objectives[0].op",
+            "use op lte",
+        ),
+        (
+            [
+                _slo(
+                    {
+                        **_threshold({"metric": "ttft"}, "lte", 0.5),
+                        "budgetingMethod": "RatioTimeslices",
+                    }
+                )
+            ],
+            "[0].spec.budgetingMethod",
+            "not supported",
+        ),
+        (
+            [
+                _slo(
+                    {
+                        **_threshold({"metric": "ttft"}, "lte", 0.5),
+                        "objectives": [
+                            {"op": "lte", "value": 0.5, "target": 0.9},
+                            {"op": "lte", "value": 1, "target": 0.99},
+                        ],
+                    }
+                )
+            ],
+            "[0].spec.objectives",
+            "exactly one objective",
+        ),
         ([_slo({"indicatorRef": "missing"})], "[0].spec.indicatorRef", "no SLI named"),
-        ([_slo({**_threshold({"metric": "ttft"}, "lte", 0.5),
-                "timeWindow": [{"duration": "1Q", "isRolling": False}]})],
-         "[0].spec.timeWindow[0].duration", "1M or 1w"),
-        ([{"apiVersion": "openslo/v1", "kind": "AlertPolicy", "metadata": {"name": "a"}}],
-         "[0].kind", "not imported"),
+        (
+            [
+                _slo(
+                    {
+                        **_threshold({"metric": "ttft"}, "lte", 0.5),
+                        "timeWindow": [{"duration": "1Q", "isRolling": False}],
+                    }
+                )
+            ],
+            "[0].spec.timeWindow[0].duration",
+            "1M or 1w",
+        ),
+        (
+            [{"apiVersion": "openslo/v1", "kind": "AlertPolicy", "metadata": {"name": "a"}}],
+            "[0].kind",
+            "not imported",
+        ),
         ([{"apiVersion": "openslo/v2alpha", "kind": "SLO"}], "[0].apiVersion", "openslo/v1"),
-        ([_slo({"indicator": {"metadata": {"name": "i"}, "spec": {"ratioMetric": {
-            "good": _src({"metric": "requests", "status": "ok", "pool": "a"}),
-            "total": _src({"metric": "requests", "pool": "b"})}}}})],
-         "[0].spec.indicator.spec.ratioMetric.good.metricSource.spec", "same requests"),
+        (
+            [
+                _slo(
+                    {
+                        "indicator": {
+                            "metadata": {"name": "i"},
+                            "spec": {
+                                "ratioMetric": {
+                                    "good": _src(
+                                        {"metric": "requests", "status": "ok", "pool": "a"}
+                                    ),
+                                    "total": _src({"metric": "requests", "pool": "b"}),
+                                }
+                            },
+                        }
+                    }
+                )
+            ],
+            "[0].spec.indicator.spec.ratioMetric.good.metricSource.spec",
+            "same requests",
+        ),
     ],
-    ids=["a Prometheus metric source", "a latency objective with op lt",
-         "RatioTimeslices budgeting", "two objectives", "an indicatorRef to nothing",
-         "a quarter calendar window", "an AlertPolicy document", "another apiVersion",
-         "good and total over different pools"],
+    ids=[
+        "a Prometheus metric source",
+        "a latency objective with op lt",
+        "RatioTimeslices budgeting",
+        "two objectives",
+        "an indicatorRef to nothing",
+        "a quarter calendar window",
+        "an AlertPolicy document",
+        "another apiVersion",
+        "good and total over different pools",
+    ],
 )
 def test_what_does_not_map_is_rejected_with_its_document_path(docs, path, reason) -> None:
     with pytest.raises(SpecError) as exc:
@@ -115,7 +235,15 @@ def test_openslo_and_governor_forms_give_the_same_slo(tmp_path: Path) -> None:
            "sli": {"kind": "latency", "metric": "ttft", "threshold_s": 0.5}}  # fmt: skip
     (a,) = parse_slos(gov, "g.yaml")
     f = tmp_path / "o.yaml"
-    f.write_text(yaml.safe_dump_all([_slo(_threshold({"metric": "ttft", "pool": "p"}, "lte", 0.5))]))
+    f.write_text(
+        yaml.safe_dump_all([_slo(_threshold({"metric": "ttft", "pool": "p"}, "lte", 0.5))])
+    )
     (b,) = load_slos(f)
     assert (a.sli, a.selector, a.objective, a.window, a.budgeting, a.alerting) == (
-        b.sli, b.selector, b.objective, b.window, b.budgeting, b.alerting)
+        b.sli,
+        b.selector,
+        b.objective,
+        b.window,
+        b.budgeting,
+        b.alerting,
+    )

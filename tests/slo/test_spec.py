@@ -53,44 +53,108 @@ def test_a_complete_spec_becomes_a_frozen_slo_with_rescaled_default_tiers() -> N
 @pytest.mark.parametrize(
     ("spec", "path", "reason"),
     [
-        (_base(sli={"kind": "latency", "threshold_s": 0.5}), "sli.metric", "required for a latency"),
-        (_base(sli={"kind": "availability", "threshold_s": 0.5}), "sli.threshold_s",
-         "not used by a availability"),
-        (_base(sli={"kind": "latency", "metric": "ttfb", "threshold_s": 0.5}), "sli.metric",
-         "'ttft'"),
+        (
+            _base(sli={"kind": "latency", "threshold_s": 0.5}),
+            "sli.metric",
+            "required for a latency",
+        ),
+        (
+            _base(sli={"kind": "availability", "threshold_s": 0.5}),
+            "sli.threshold_s",
+            "not used by a availability",
+        ),
+        (
+            _base(sli={"kind": "latency", "metric": "ttfb", "threshold_s": 0.5}),
+            "sli.metric",
+            "'ttft'",
+        ),
         (_base(sli={"kind": "throughput"}), "sli.floor_tokens_per_s", "required"),
-        (_base(sli={"kind": "gauge", "source": "gpu_samples", "field": "fan_speed", "op": "<",
-                    "value": 1}, budgeting="timeslices"), "sli.field", "unknown gpu_samples field"),
-        (_base(sli={"kind": "gauge", "source": "gpu_samples", "field": "healthy", "op": "==",
-                    "value": 1}), "budgeting", "must be timeslices"),
-        (_base(selector={"pool": "p", "tenant": "acme"},
-               sli={"kind": "gauge", "source": "replica_samples", "field": "kv_cache_usage",
-                    "op": "<", "value": 0.9}, budgeting="timeslices"),
-         "selector.tenant", "no tenant"),
+        (
+            _base(
+                sli={
+                    "kind": "gauge",
+                    "source": "gpu_samples",
+                    "field": "fan_speed",
+                    "op": "<",
+                    "value": 1,
+                },
+                budgeting="timeslices",
+            ),
+            "sli.field",
+            "unknown gpu_samples field",
+        ),
+        (
+            _base(
+                sli={
+                    "kind": "gauge",
+                    "source": "gpu_samples",
+                    "field": "healthy",
+                    "op": "==",
+                    "value": 1,
+                }
+            ),
+            "budgeting",
+            "must be timeslices",
+        ),
+        (
+            _base(
+                selector={"pool": "p", "tenant": "acme"},
+                sli={
+                    "kind": "gauge",
+                    "source": "replica_samples",
+                    "field": "kv_cache_usage",
+                    "op": "<",
+                    "value": 0.9,
+                },
+                budgeting="timeslices",
+            ),
+            "selector.tenant",
+            "no tenant",
+        ),
         (_base(objective=100), "objective", "less than 100"),
         (_base(objective=0), "objective", "greater than 0"),
         (_base(window="28x"), "window", "expected a duration"),
         (_base(window="90s"), "window", "whole number of minutes"),
         (_base(window="30m"), "window", "at least 1h"),
-        (_base(window={"calendar": "month", "timezone": "Mars/Olympus"}), "window.timezone",
-         "unknown time zone"),
-        (_base(budgeting={"method": "timeslices", "slice": "1m", "slice_target": 1.5}),
-         "budgeting.BudgetingIn.slice_target", "less than or equal to 1"),
-        (_base(budgeting={"method": "timeslices", "slice": "30s"}), "budgeting.slice",
-         "whole number of minutes"),
+        (
+            _base(window={"calendar": "month", "timezone": "Mars/Olympus"}),
+            "window.timezone",
+            "unknown time zone",
+        ),
+        (
+            _base(budgeting={"method": "timeslices", "slice": "1m", "slice_target": 1.5}),
+            "budgeting.BudgetingIn.slice_target",
+            "less than or equal to 1",
+        ),
+        (
+            _base(budgeting={"method": "timeslices", "slice": "30s"}),
+            "budgeting.slice",
+            "whole number of minutes",
+        ),
         (_base(alerting={"offset": "2h"}), "alerting.offset", "at most 1h"),
         (_base(alerting={"min_events": -1}), "alerting.min_events", "greater than or equal to 0"),
         (_base(colour="blue"), "colour", "unknown field"),
         (_base(name="bad name"), "name", "should match pattern"),
     ],
     ids=[
-        "a latency SLI without a metric", "an availability SLI given a threshold",
-        "an unknown latency metric", "a throughput SLI without a floor",
-        "a gauge over an unknown column", "a gauge budgeted by occurrences",
-        "a gauge selecting a tenant", "an objective of 100 percent", "an objective of 0",
-        "a window with an unknown unit", "a window of seconds", "a window under an hour",
-        "an unknown time zone", "a slice target above 1", "a slice shorter than a minute",
-        "an offset over an hour", "a negative minimum event count", "an unknown field",
+        "a latency SLI without a metric",
+        "an availability SLI given a threshold",
+        "an unknown latency metric",
+        "a throughput SLI without a floor",
+        "a gauge over an unknown column",
+        "a gauge budgeted by occurrences",
+        "a gauge selecting a tenant",
+        "an objective of 100 percent",
+        "an objective of 0",
+        "a window with an unknown unit",
+        "a window of seconds",
+        "a window under an hour",
+        "an unknown time zone",
+        "a slice target above 1",
+        "a slice shorter than a minute",
+        "an offset over an hour",
+        "a negative minimum event count",
+        "an unknown field",
         "a name with a space",
     ],
 )
@@ -103,19 +167,59 @@ def test_each_invalid_field_is_reported_with_its_path(spec, path: str, reason: s
     ("spec", "path", "reason"),
     [
         (_base(objective=90), "alerting.tiers (default page-fast).factor", "can never fire"),
-        (_base(objective=95, alerting={"tiers": [
-            {"name": "p", "severity": "page", "long": "1h", "short": "5m", "factor": 20}]}),
-         "alerting.tiers[0].factor", "highest possible burn rate is 20"),
-        (_base(alerting={"tiers": [
-            {"name": "p", "severity": "page", "long": "5m", "short": "1h", "factor": 2}]}),
-         "alerting.tiers[0].short", "longer than the long window"),
-        (_base(window="7d", alerting={"tiers": [
-            {"name": "p", "severity": "page", "long": "10d", "short": "1h", "factor": 1}]}),
-         "alerting.tiers[0].long", "longer than the SLO window"),
-        (_base(alerting={"tiers": [
-            {"name": "p", "severity": "page", "long": "1h", "short": "5m", "factor": 2},
-            {"name": "p", "severity": "ticket", "long": "6h", "short": "30m", "factor": 1}]}),
-         "alerting.tiers", "used twice"),
+        (
+            _base(
+                objective=95,
+                alerting={
+                    "tiers": [
+                        {"name": "p", "severity": "page", "long": "1h", "short": "5m", "factor": 20}
+                    ]
+                },
+            ),
+            "alerting.tiers[0].factor",
+            "highest possible burn rate is 20",
+        ),
+        (
+            _base(
+                alerting={
+                    "tiers": [
+                        {"name": "p", "severity": "page", "long": "5m", "short": "1h", "factor": 2}
+                    ]
+                }
+            ),
+            "alerting.tiers[0].short",
+            "longer than the long window",
+        ),
+        (
+            _base(
+                window="7d",
+                alerting={
+                    "tiers": [
+                        {"name": "p", "severity": "page", "long": "10d", "short": "1h", "factor": 1}
+                    ]
+                },
+            ),
+            "alerting.tiers[0].long",
+            "longer than the SLO window",
+        ),
+        (
+            _base(
+                alerting={
+                    "tiers": [
+                        {"name": "p", "severity": "page", "long": "1h", "short": "5m", "factor": 2},
+                        {
+                            "name": "p",
+                            "severity": "ticket",
+                            "long": "6h",
+                            "short": "30m",
+                            "factor": 1,
+                        },
+                    ]
+                }
+            ),
+            "alerting.tiers",
+            "used twice",
+        ),
     ],
     ids=[
         "default page tier at a 90 percent objective needs over 100 percent errors",
@@ -163,12 +267,21 @@ def test_calendar_windows_and_timeslices_parse() -> None:
         budgeting={"method": "timeslices", "slice": "5m", "slice_target": 0.9},
     ))  # fmt: skip
     assert (slo.window.kind, slo.window.calendar, slo.window.tz) == (
-        "calendar", "month", "Europe/Paris")
+        "calendar",
+        "month",
+        "Europe/Paris",
+    )
     assert (slo.budgeting.method, slo.budgeting.slice_s, slo.budgeting.slice_target) == (
-        "timeslices", 300, 0.9)
+        "timeslices",
+        300,
+        0.9,
+    )
     # A 30-day month keeps the base tiers unchanged.
     assert [(t.long_s, t.factor) for t in slo.alerting.tiers] == [
-        (HOUR, 14.4), (6 * HOUR, 6.0), (3 * DAY, 1.0)]
+        (HOUR, 14.4),
+        (6 * HOUR, 6.0),
+        (3 * DAY, 1.0),
+    ]
 
 
 def test_the_example_slos_are_valid() -> None:
@@ -186,11 +299,13 @@ def test_slo_check_prints_every_problem_and_fails(tmp_path: Path) -> None:
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert f"error: {f}: slos[0].window: expected a duration such as 5m" in lines[0]
-    assert any("slos[0].alerting.tiers (default page-fast).factor: can never fire" in ln
-               for ln in lines)
+    assert any(
+        "slos[0].alerting.tiers (default page-fast).factor: can never fire" in ln for ln in lines
+    )
     ok = subprocess.run([sys.executable, "-m", "controlplane.cli", "slo", "check",
                          str(REPO / "examples" / "slos")], capture_output=True, text=True,
                         timeout=60)  # fmt: skip
     assert ok.returncode == 0, ok.stderr
     assert "chat-8b-ttft: latency 99% over 28d (occurrences); tiers: page-fast 56m/5m >14.4x" in (
-        ok.stdout)
+        ok.stdout
+    )
