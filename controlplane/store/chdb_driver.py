@@ -162,6 +162,7 @@ class ChdbStore:
                     emb.session.query(sql, fmt)
                 )
             except Exception as exc:
+                _drain(emb)
                 msg = str(exc)
                 if _UNAVAILABLE.search(msg):
                     raise StoreUnavailable(f"embedded store unavailable: {msg}") from exc
@@ -245,6 +246,16 @@ class ChdbStore:
         if not self._closed:
             self._closed = True
             _release(self._emb)
+
+
+def _drain(emb: _Embedded) -> None:
+    """chDB quirk: a query that fails mid-way (e.g. on max_execution_time) leaves its
+    partial Arrow output in the session, which corrupts the next result ("Invalid
+    flatbuffers message"); a throwaway query clears it."""
+    try:
+        emb.session.query("SELECT 1", "CSV")
+    except Exception:  # noqa: S110 - best effort; the caller reports the original error
+        pass
 
 
 def _first_line(msg: str) -> str:
