@@ -265,3 +265,11 @@ def test_a_bad_statement_raises_query_error_with_the_engine_message(
     with pytest.raises(QueryError, match=fragment) as info:
         shared_store.query(sql)
     assert str(info.value).startswith("Code: ")
+
+
+def test_a_query_that_fails_mid_way_does_not_break_the_next_one(shared_store: Store) -> None:
+    with pytest.raises(QueryError, match="TIMEOUT_EXCEEDED"):
+        shared_store.query(
+            "SELECT count() FROM numbers(100000000000000) SETTINGS max_execution_time = 0.3"
+        )
+    assert shared_store.query("SELECT 1 AS x").rows == [(1,)]
