@@ -227,10 +227,7 @@ class Engine:
             res = self._query(sql, "TabSeparated", binds)
         finally:
             os.unlink(path)
-        summary = _summary(res)
-        summary["written_rows"] = str(res.rows_read())  # rows parsed from the body
-        summary["written_bytes"] = str(len(data))
-        return Result(b"", fmt, summary)
+        return Result(b"", fmt, _summary(res))
 
 
 def _readonly_error() -> FrontError:
@@ -245,7 +242,7 @@ def _summary(res: Any) -> dict[str, str]:
     return {
         "read_rows": str(res.rows_read()),
         "read_bytes": str(res.bytes_read()),
-        "written_rows": str(getattr(res, "rows_written", lambda: 0)()),
-        "written_bytes": str(getattr(res, "bytes_written", lambda: 0)()),
+        "written_rows": str(res.rows_written()),
+        "written_bytes": str(res.bytes_written()),
         "elapsed_ns": str(int(res.elapsed() * 1e9)),
     }
