@@ -442,9 +442,14 @@ class Writer:
         try:
             self._spool.append(batch)
         except SpoolError as exc:
-            # Disk full or unwritable: the batch stays in memory and is retried later.
+            # Disk full or unwritable: the batch stays in memory (bounded like the queue)
+            # and is retried later.
             log.error("writer: %s; keeping the batch in memory", exc)
             self._pending.append(batch)
+            while len(self._pending) > 1 and (
+                sum(len(b.rows) for b in self._pending) > self._queue_max
+            ):
+                self._count_drop("spool_error", len(self._pending.popleft().rows))
         self._sync_spool_gauges()
 
     def _spool_pending(self) -> None:
