@@ -82,7 +82,14 @@ def serve_socket(app: Any, sock: socket.socket, *, graceful_s: int = 2) -> None:
     config = uvicorn.Config(
         app, log_level="warning", timeout_graceful_shutdown=graceful_s, lifespan="on"
     )
+    # uvicorn re-raises the signal it shut down on; with the default SIGTERM action that
+    # kills the process before the caller's cleanup (span export flush) can run.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 class ThreadServer:
