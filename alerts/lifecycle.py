@@ -51,7 +51,8 @@ def step(
         alert.generator_url = signal.generator_url or generator_url
         alert.last_active_at = now
         alert.last_eval_at = now
-        if alert.state == PENDING and now - (alert.active_at or now) >= signal.for_s:
+        active_at = now if alert.active_at is None else alert.active_at
+        if alert.state == PENDING and now - active_at >= signal.for_s:
             alert.state = FIRING
             alert.fired_at = now
             transition = FIRING

@@ -67,18 +67,19 @@ def webhook_payload(n: Notification) -> dict[str, Any]:
         "alerts": [
             {
                 "status": alert_status(a),
-                "labels": dict(a.labels),
-                "annotations": dict(a.annotations),
+                "labels": dict(sorted(a.labels.items())),
+                "annotations": dict(sorted(a.annotations.items())),
                 "startsAt": rfc3339(a.starts_at()),
-                "endsAt": rfc3339(a.ends_at()),
+                # Alertmanager's webhook zeroes endsAt until the alert is resolved.
+                "endsAt": rfc3339(a.ends_at() if a.state == RESOLVED else None),
                 "generatorURL": a.generator_url,
                 "fingerprint": a.fingerprint,
             }
             for a in n.alerts
         ],
-        "groupLabels": dict(n.group_labels),
-        "commonLabels": _common([a.labels for a in n.alerts]),
-        "commonAnnotations": _common([a.annotations for a in n.alerts]),
+        "groupLabels": dict(sorted(n.group_labels.items())),
+        "commonLabels": dict(sorted(_common([a.labels for a in n.alerts]).items())),
+        "commonAnnotations": dict(sorted(_common([a.annotations for a in n.alerts]).items())),
         "externalURL": n.external_url,
         "version": "4",
         "groupKey": n.group_key,
