@@ -247,6 +247,17 @@ def _number(attrs: Mapping[str, Any], key: str) -> float | None:
     value = attrs.get(key)
     if value is None:
         return None
+    kind = type(value)
+    # Fast path for what producers send: a finite, non-negative float or int.
+    if (kind is float or kind is int) and 0 <= value < _INF:
+        return value  # type: ignore[no-any-return]
+    return _checked_number(key, value)
+
+
+_INF = float("inf")
+
+
+def _checked_number(key: str, value: Any) -> float:
     if isinstance(value, bool):
         raise SpanMappingError(f"{key}: expected a number, got a boolean ({value!r})")
     if isinstance(value, int | float):
@@ -292,5 +303,6 @@ def _first_count(attrs: Mapping[str, Any], keys: tuple[str, ...]) -> int:
 def _us(seconds: float | None) -> int | None:
     if seconds is None:
         return None
+    us = int(seconds * 1e6 + 0.5)  # seconds >= 0 here: round half up
     # Saturate rather than overflow the UInt32 columns (about 71 minutes).
-    return min(round(seconds * 1e6), _UINT32_MAX)
+    return us if us <= _UINT32_MAX else _UINT32_MAX

@@ -1,0 +1,238 @@
+"""OTLP/HTTP ingest into the embedded store, spans/s, beside decode-only of the same payloads.
+
+Payloads are what the real exporter sends: vLLM-shaped ``llm_request`` spans made by the
+OTel SDK and encoded by ``opentelemetry-exporter-otlp-proto-common`` (protobuf, the bytes
+``OTLPSpanExporter`` posts), ``--batch`` spans per request (the BatchSpanProcessor
+default is 512).
+
+Stages, same payloads, one run:
+
+1. ``parse``: ``ExportTraceServiceRequest.ParseFromString`` only (upb, the floor).
+2. ``decode``: ``collector.otlp.decode`` (parse + attribute dicts for LLM spans).
+3. ``decode+map``: ``OtlpIngest.handle`` into a null sink (adds the GenAI mapping).
+4. ``pipeline``: ``OtlpIngest.handle`` -> real ``Writer`` -> embedded chDB store, in process.
+5. ``http``: ``governor serve`` in a subprocess pinned to one core (``taskset -c 0``),
+   the client pinned to the other; from the first POST until the writer reports every
+   row inserted (``governor_writer_inserted_rows_total``).
+
+    .venv/bin/python -m bench.otlp_ingest [--spans 50000] [--batch 512] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import SpanKind
+
+from collector.otlp import PROTOBUF, decode
+from controlplane.ingest import OtlpIngest
+
+TOKENS = "viewer:bench-viewer-token-0000,admin:bench-admin-token-00000"
+
+
+class NullSink:
+    def emit(self, records: Sequence[Any]) -> None:
+        pass
+
+
+def payloads(total: int, batch: int) -> list[bytes]:
+    tp = TracerProvider(resource=Resource.create({"service.name": "chat-8b",
+                                                  "service.instance.id": "chat-8b-0"}))
+    tracer = tp.get_tracer("vllm.entrypoints.openai.api_server")
+    now = time.time_ns()
+    out = []
+    for start in range(0, total, batch):
+        spans = []
+        for i in range(start, min(start + batch, total)):
+            span = tracer.start_span("llm_request", kind=SpanKind.SERVER,
+                                     start_time=now - 5_000_000_000 + i * 1000, attributes={
+                "gen_ai.response.model": "meta-llama/Llama-3.1-8B-Instruct",
+                "gen_ai.request.id": f"cmpl-{i}",
+                "gen_ai.request.max_tokens": 512,
+                "gen_ai.request.temperature": 0.7,
+                "gen_ai.usage.prompt_tokens": 800 + i % 400,
+                "gen_ai.usage.completion_tokens": 100 + i % 300,
+                "gen_ai.latency.time_in_queue": 0.01 + (i % 7) / 1000,
+                "gen_ai.latency.time_to_first_token": 0.2 + (i % 50) / 1000,
+                "gen_ai.latency.e2e": 4.2 + (i % 90) / 100,
+                "gen_ai.latency.time_in_model_prefill": 0.19,
+                "gen_ai.latency.time_in_model_decode": 4.0,
+                "gen_ai.latency.time_in_model_inference": 4.19,
+            })  # fmt: skip
+            span.end(end_time=now)
+            spans.append(span)
+        out.append(encode_spans(spans).SerializeToString())
+    return out
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def stage_parse(bodies: list[bytes]) -> None:
+    for b in bodies:
+        ExportTraceServiceRequest.FromString(b)
+
+
+def stage_decode(bodies: list[bytes]) -> None:
+    for b in bodies:
+        decode(b, PROTOBUF)
+
+
+def stage_map(bodies: list[bytes]) -> None:
+    ingest = OtlpIngest(NullSink())
+    for b in bodies:
+        ingest.handle(b, PROTOBUF, None)
+
+
+def stage_pipeline(bodies: list[bytes], data_dir: Path) -> float:
+    from collector.writer import Writer
+    from controlplane.store.chdb_driver import ChdbStore
+    from controlplane.store.migrate import migrate
+
+    store = ChdbStore(data_dir, database=f"b_{uuid.uuid4().hex[:8]}")
+    migrate(store)
+    writer = Writer(store, spool_dir=data_dir / "spool")
+    writer.start()
+    ingest = OtlpIngest(writer)
+    try:
+        t0 = time.perf_counter()
+        for b in bodies:
+            ingest.handle(b, PROTOBUF, None)
+        assert writer.flush(600), "writer did not drain"
+        elapsed = time.perf_counter() - t0
+        inserted = writer.stats().inserted_rows
+    finally:
+        writer.stop()
+        store.close()
+    assert inserted >= sum(1 for _ in bodies), inserted
+    return elapsed
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _inserted(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    m = re.search(r'governor_writer_inserted_rows_total\{table="requests"\} ([0-9.e+]+)', text)
+    return float(m.group(1)) if m else 0.0
+
+
+def stage_http(bodies: list[bytes], total: int, data_dir: Path) -> float:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "GOVERNOR_API_TOKENS": TOKENS}
+    cmd = ["taskset", "-c", "0", sys.executable, "-m", "controlplane.cli", "--log-level",
+           "WARNING", "serve", "--port", str(port), "--data-dir", str(data_dir / "serve")]
+    log = (data_dir / "serve.log").open("wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"serve exited {proc.returncode}")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("serve did not become healthy")
+            time.sleep(0.2)
+        headers = {"Content-Type": PROTOBUF}
+        with httpx.Client(timeout=120) as client:
+            t0 = time.perf_counter()
+            for b in bodies:
+                r = client.post(f"{url}/v1/traces", content=b, headers=headers)
+                r.raise_for_status()
+            posted = time.perf_counter() - t0
+            while _inserted(url) < total:
+                if time.perf_counter() - t0 > 600:
+                    raise RuntimeError("rows did not all arrive")
+                time.sleep(0.05)
+            elapsed = time.perf_counter() - t0
+        print(f"  (http: all POSTs answered after {posted:.2f}s)")
+        return elapsed
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def profile(bodies: list[bytes], data_dir: Path) -> str:
+    prof = cProfile.Profile()
+    prof.enable()
+    stage_pipeline(bodies, data_dir)
+    prof.disable()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(18)
+    return out.getvalue()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--spans", type=int, default=50_000)
+    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--profile", action="store_true", help="cProfile the in-process pipeline")
+    ap.add_argument("--no-http", action="store_true")
+    args = ap.parse_args(argv)
+    if hasattr(os, "sched_setaffinity") and os.cpu_count() and os.cpu_count() > 1:
+        os.sched_setaffinity(0, {1})  # stages 1-4 on one core; serve gets the other
+    bodies = payloads(args.spans, args.batch)
+    n = args.spans
+    size = sum(len(b) for b in bodies)
+    print(f"{n} spans in {len(bodies)} requests of {args.batch}, {size / n:.0f} B/span protobuf;"
+          f" load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-otlp-"))
+    try:
+        rows = [
+            ("parse (upb only)", timed(lambda: stage_parse(bodies))),
+            ("decode", timed(lambda: stage_decode(bodies))),
+            ("decode+map", timed(lambda: stage_map(bodies))),
+            ("pipeline -> chDB", stage_pipeline(bodies, tmp / "pipe")),
+        ]
+        if not args.no_http:
+            rows.append(("http -> serve -> chDB", stage_http(bodies, n, tmp)))
+        base = rows[0][1]
+        print(f"{'stage':<24} {'seconds':>8} {'spans/s':>10} {'us/span':>8} {'x parse':>8}")
+        for name, secs in rows:
+            print(f"{name:<24} {secs:>8.2f} {n / secs:>10,.0f} {secs / n * 1e6:>8.1f} "
+                  f"{secs / base:>8.1f}")
+        if args.profile:
+            print(profile(bodies, tmp / "prof"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
