@@ -141,9 +141,7 @@ class ClickHouseStore:
     def _arrow(self, sql: str, params: Mapping[str, Any] | None) -> pa.Table:
         client = self._live()
         with self._mapped():
-            table: pa.Table = client.query_arrow(
-                sql, parameters=dict(params) if params else None
-            )
+            table: pa.Table = client.query_arrow(sql, parameters=dict(params) if params else None)
             return table
 
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> QueryResult:

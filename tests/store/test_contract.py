@@ -22,9 +22,7 @@ from controlplane.store.base import Store
 from controlplane.store.migrate import known_migrations, migrate
 
 # Recent enough that the tables' TTLs (30 days and more) keep the rows.
-BASE = (datetime.now(UTC) - timedelta(days=1)).replace(
-    minute=0, second=0, microsecond=123456
-)
+BASE = (datetime.now(UTC) - timedelta(days=1)).replace(minute=0, second=0, microsecond=123456)
 
 
 # -- sample values per ClickHouse type: (value to insert, value expected back) ----------
@@ -128,9 +126,20 @@ def _requests(n: int) -> tuple[list[str], list[tuple[Any, ...]]]:
     cols = ["ts", "pool", "model", "tenant", "status", "ttft_us", "e2e_us", "input_tokens",
             "output_tokens", "cost_usd", "trace_id", "attributes"]  # fmt: skip
     rows = [
-        (BASE + timedelta(seconds=50 * i), "chat", "m", f"t{i % 2}", "ok" if i % 4 else "error",
-         1000 * (i + 1), 250_000 + i, 100 + i, 20 + i, Decimal("0.000120001") * (i + 1),
-         f"{i:032x}", {"route": f"/v1/{i}"})  # fmt: skip
+        (
+            BASE + timedelta(seconds=50 * i),
+            "chat",
+            "m",
+            f"t{i % 2}",
+            "ok" if i % 4 else "error",
+            1000 * (i + 1),
+            250_000 + i,
+            100 + i,
+            20 + i,
+            Decimal("0.000120001") * (i + 1),
+            f"{i:032x}",
+            {"route": f"/v1/{i}"},
+        )  # fmt: skip
         for i in range(n)
     ]
     return cols, rows

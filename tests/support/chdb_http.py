@@ -210,9 +210,7 @@ class Handler(BaseHTTPRequestHandler):
         }
         self._reply(_STATUS.get(exc.code, 500), text, headers, query_id)
 
-    def _reply(
-        self, status: int, body: bytes, headers: dict[str, str], query_id: str = ""
-    ) -> None:
+    def _reply(self, status: int, body: bytes, headers: dict[str, str], query_id: str = "") -> None:
         self.send_response(status)
         engine = self.server.engine
         for k, v in headers.items():
