@@ -5,13 +5,14 @@ OTel SDK and encoded by ``opentelemetry-exporter-otlp-proto-common`` (protobuf, 
 ``OTLPSpanExporter`` posts), ``--batch`` spans per request (the BatchSpanProcessor
 default is 512).
 
-Stages, same payloads, one run:
+Stages, same payloads, one run (stages 1-5 on one core):
 
 1. ``parse``: ``ExportTraceServiceRequest.ParseFromString`` only (upb, the floor).
 2. ``decode``: ``collector.otlp.decode`` (parse + attribute dicts for LLM spans).
 3. ``decode+map``: ``OtlpIngest.handle`` into a null sink (adds the GenAI mapping).
-4. ``pipeline``: ``OtlpIngest.handle`` -> real ``Writer`` -> embedded chDB store, in process.
-5. ``http``: ``governor serve`` in a subprocess pinned to one core (``taskset -c 0``),
+4. ``insert only``: the mapped rows inserted into chDB in batches of 5000 (store cost alone).
+5. ``pipeline``: ``OtlpIngest.handle`` -> real ``Writer`` -> embedded chDB store, in process.
+6. ``http``: ``governor serve`` in a subprocess pinned to one core (``taskset -c 0``),
    the client pinned to the other; from the first POST until the writer reports every
    row inserted (``governor_writer_inserted_rows_total``).
 
@@ -106,6 +107,37 @@ def stage_map(bodies: list[bytes]) -> None:
     ingest = OtlpIngest(NullSink())
     for b in bodies:
         ingest.handle(b, PROTOBUF, None)
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.records: list[Any] = []
+
+    def emit(self, records: Sequence[Any]) -> None:
+        self.records.extend(records)
+
+
+def stage_insert(bodies: list[bytes], data_dir: Path, batch: int = 5000) -> float:
+    """Store cost alone: rows already mapped, inserted the way the writer does."""
+    from collector.records import RequestRecord, as_row, columns
+    from controlplane.store.chdb_driver import ChdbStore
+    from controlplane.store.migrate import migrate
+
+    sink = ListSink()
+    ingest = OtlpIngest(sink)
+    for b in bodies:
+        ingest.handle(b, PROTOBUF, None)
+    store = ChdbStore(data_dir, database=f"b_{uuid.uuid4().hex[:8]}")
+    migrate(store)
+    cols = columns(RequestRecord)
+    try:
+        t0 = time.perf_counter()
+        for i in range(0, len(sink.records), batch):
+            rows = [as_row(r) for r in sink.records[i : i + batch]]
+            store.insert_rows("requests", cols, rows, dedup_token=uuid.uuid4().hex)
+        return time.perf_counter() - t0
+    finally:
+        store.close()
 
 
 def stage_pipeline(bodies: list[bytes], data_dir: Path) -> float:
@@ -206,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-http", action="store_true")
     args = ap.parse_args(argv)
     if hasattr(os, "sched_setaffinity") and os.cpu_count() and os.cpu_count() > 1:
-        os.sched_setaffinity(0, {1})  # stages 1-4 on one core; serve gets the other
+        os.sched_setaffinity(0, {1})  # stages 1-5 on one core; serve gets the other
     bodies = payloads(args.spans, args.batch)
     n = args.spans
     size = sum(len(b) for b in bodies)
@@ -218,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("parse (upb only)", timed(lambda: stage_parse(bodies))),
             ("decode", timed(lambda: stage_decode(bodies))),
             ("decode+map", timed(lambda: stage_map(bodies))),
+            ("insert only (chDB)", stage_insert(bodies, tmp / "pipe")),
             ("pipeline -> chDB", stage_pipeline(bodies, tmp / "pipe")),
         ]
         if not args.no_http:
