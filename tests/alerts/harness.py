@@ -59,15 +59,17 @@ class Recorder:
                     {k.lower(): v for k, v in self.headers.items()}, body,
                 )  # fmt: skip
                 reply = outer.script.popleft() if outer.script else Reply()
+                # Recorded before answering, so a sender that got its response always
+                # finds its request in ``received``.
+                with outer.arrived:
+                    outer.received.append(rec)
+                    outer.arrived.notify_all()
                 self.send_response(reply.status)
                 for k, v in reply.headers.items():
                     self.send_header(k, v)
                 self.send_header("content-length", str(len(reply.body)))
                 self.end_headers()
                 self.wfile.write(reply.body)
-                with outer.arrived:
-                    outer.received.append(rec)
-                    outer.arrived.notify_all()
 
             def log_message(self, format: str, *args: Any) -> None:  # quiet
                 pass
