@@ -17,7 +17,10 @@ from datetime import UTC, datetime, timedelta
 
 from controlplane.store.base import Store
 
-POOLS = ["chat-8b", "chat-70b", "code-70b", "embed-small", "rag-8b", "batch-70b", "agent-8b", "vision-11b"]  # fmt: skip
+POOLS = [
+    "chat-8b", "chat-70b", "code-70b", "embed-small",
+    "rag-8b", "batch-70b", "agent-8b", "vision-11b",
+]  # fmt: skip
 MODELS = {
     "chat-8b": "meta-llama/Llama-3.1-8B-Instruct",
     "chat-70b": "meta-llama/Llama-3.1-70B-Instruct",
@@ -40,8 +43,9 @@ def insert_sql(pools: list[str], tenants: int) -> str:
     return f"""
 INSERT INTO requests
 SELECT
-    toDateTime64({{t0:Float64}} + (number * {{span:Float64}} / {{n:Float64}}) + rand(1) % 1000 / 1000.0,
-                 6, 'UTC') AS ts,
+    toDateTime64(
+        {{t0:Float64}} + (number * {{span:Float64}} / {{n:Float64}}) + rand(1) % 1000 / 1000.0,
+        6, 'UTC') AS ts,
     {_array(pools)}[1 + cityHash64(number, 7) % {len(pools)}] AS pool,
     {_array(models)}[1 + cityHash64(number, 7) % {len(pools)}] AS model,
     concat(pool, '-', toString(cityHash64(number, 11) % 8)) AS replica,
@@ -55,7 +59,8 @@ SELECT
     toUInt32(least(randLogNormal(log(180000), 0.7), 600000000)) AS ttft_us,
     toUInt32(least(randLogNormal(log(22000), 0.35), 10000000)) AS tpot_us,
     toUInt32(least(ttft_us + tpot_us * greatest(output_tokens - 1, 0), 4000000000)) AS e2e_us,
-    toUInt32(least(randExponential(1 / 15000.0) * if(rand(9) % 100 < 3, 20, 1), ttft_us)) AS queue_us,
+    toUInt32(least(randExponential(1 / 15000.0) * if(rand(9) % 100 < 3, 20, 1), ttft_us))
+        AS queue_us,
     toUInt32(ttft_us - queue_us) AS prefill_us,
     toUInt32(e2e_us - ttft_us) AS decode_us,
     toUInt32(least(greatest(randLogNormal(log(900), 1.0), 1), 128000)) AS input_tokens,

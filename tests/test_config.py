@@ -73,8 +73,12 @@ def test_every_bad_field_is_reported_at_once_with_file_and_path(tmp_path: Path) 
         ("- just\n- a list", "", "expected a mapping"),
         ("store: {database: 'x;drop'}", "store.database", "should match pattern"),
     ],
-    ids=["duplicate pool names", "route to an unknown receiver", "top level not a mapping",
-         "database name that is not an identifier"],  # fmt: skip
+    ids=[
+        "duplicate pool names",
+        "route to an unknown receiver",
+        "top level not a mapping",
+        "database name that is not an identifier",
+    ],  # fmt: skip
 )
 def test_semantic_problems_name_their_place(text: str, path: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -92,14 +96,18 @@ def test_yaml_syntax_errors_give_line_and_column(tmp_path: Path) -> None:
     assert "invalid YAML" in str(info.value) and "line 3" in str(info.value)
 
 
-def test_config_check_cli_exit_codes_and_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_config_check_cli_exit_codes_and_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["config", "check", str(EXAMPLE)]) == 0
     assert "ok (2 pools" in capsys.readouterr().out
     f = tmp_path / "broken.yaml"
     f.write_text(BROKEN)
     assert main(["config", "check", str(f)]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert f"error: {f}: server.port: Input should be less than or equal to 65535 (got 99999)" in err
+    assert (
+        f"error: {f}: server.port: Input should be less than or equal to 65535 (got 99999)" in err
+    )
     assert len(err) >= 9
     assert main(["config", "check", str(tmp_path / "missing.yaml")]) == 2
     assert "cannot read file" in capsys.readouterr().err

@@ -52,7 +52,8 @@ class _Embedded:
         os.ftruncate(self._lock_fd, 0)
         os.pwrite(self._lock_fd, str(os.getpid()).encode(), 0)
         try:
-            self.session = chs.Session(str(path))
+            # chdb ships no type hints; keep the untyped object behind this class.
+            self.session: Any = chs.Session(str(path))  # type: ignore[no-untyped-call]
         except Exception as exc:
             self._release()
             raise StoreUnavailable(f"cannot open embedded store at {path}: {exc}") from exc

@@ -149,7 +149,8 @@ def totals(store: Store, sel: Selector, since: datetime, until: datetime) -> Tot
         f"sum(cached_tokens), toFloat64(sum(cost_usd)) FROM ({_union(cols)})"
     )
     r = store.query(sql, _params(sel, since, until)).rows[0]
-    return Totals(*(int(x or 0) for x in r[:5]), float(r[5] or 0.0))
+    req, err, inp, out, cached = (int(x or 0) for x in r[:5])
+    return Totals(req, err, inp, out, cached, float(r[5] or 0.0))
 
 
 def latency_quantiles(
@@ -166,7 +167,8 @@ def latency_quantiles(
     10% relative (values just over 10, 100, 1000... us) and 1% near the top of a decade.
     """
     hist = _HIST[metric]
-    sql = f"SELECT mapKeys(h), mapValues(h) FROM (SELECT sumMap(m) AS h FROM ({_union(f'{hist} AS m')}))"
+    inner = _union(f"{hist} AS m")
+    sql = f"SELECT mapKeys(h), mapValues(h) FROM (SELECT sumMap(m) AS h FROM ({inner}))"
     keys, counts = store.query(sql, _params(sel, since, until)).rows[0]
     return quantiles_from_histogram(list(keys or []), list(counts or []), quantiles)
 

@@ -51,8 +51,13 @@ def test_metrics_are_prometheus_text(client: TestClient) -> None:
 
 @pytest.mark.parametrize(
     ("headers", "status"),
-    [({}, 401), (_auth("wrong-token-00000000000"), 401), ({"Authorization": VIEWER}, 401),
-     (_auth(VIEWER), 200), (_auth(ADMIN), 200)],  # fmt: skip
+    [
+        ({}, 401),
+        (_auth("wrong-token-00000000000"), 401),
+        ({"Authorization": VIEWER}, 401),
+        (_auth(VIEWER), 200),
+        (_auth(ADMIN), 200),
+    ],  # fmt: skip
     ids=["no token", "unknown token", "token without Bearer", "viewer", "admin"],
 )
 def test_api_routes_need_a_known_bearer_token(client: TestClient, headers, status) -> None:  # type: ignore[no-untyped-def]
@@ -86,12 +91,19 @@ def test_request_records_come_back_in_milliseconds_with_all_fields(
     assert (row["input_tokens"], row["output_tokens"], row["cached_tokens"]) == (100, 201, 64)
     assert row["output_tokens_per_s"] == pytest.approx(50.0)
     assert row["cost_usd"] == pytest.approx(0.0125)
-    assert (row["pool"], row["model"], row["replica"], row["tenant"]) == ("chat", "llama", "r1", "acme")
+    assert (row["pool"], row["model"], row["replica"], row["tenant"]) == (
+        "chat",
+        "llama",
+        "r1",
+        "acme",
+    )
     assert (row["status"], row["error_type"], row["finish_reason"]) == ("ok", "", "stop")
     assert row["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
     assert row["ts"].endswith("Z")
     since = (now - timedelta(hours=4)).isoformat()
-    r = client.get("/api/v1/requests", params={"pool": "chat", "since": since}, headers=_auth(VIEWER))
+    r = client.get(
+        "/api/v1/requests", params={"pool": "chat", "since": since}, headers=_auth(VIEWER)
+    )
     assert r.json()["count"] == 2
     r = client.get("/api/v1/requests", params={"since": since, "limit": 2}, headers=_auth(VIEWER))
     assert r.json()["count"] == 2
@@ -99,11 +111,16 @@ def test_request_records_come_back_in_milliseconds_with_all_fields(
 
 @pytest.mark.parametrize(
     ("params", "fragment"),
-    [({"limit": 0}, "query.limit"), ({"limit": "many"}, "query.limit"),
-     ({"since": "yesterday"}, "since: expected RFC 3339 time or unix seconds")],  # fmt: skip
+    [
+        ({"limit": 0}, "query.limit"),
+        ({"limit": "many"}, "query.limit"),
+        ({"since": "yesterday"}, "since: expected RFC 3339 time or unix seconds"),
+    ],  # fmt: skip
     ids=["limit below 1", "limit not a number", "since not a time"],
 )
-def test_bad_query_parameters_get_400_naming_the_parameter(client: TestClient, params, fragment) -> None:  # type: ignore[no-untyped-def]
+def test_bad_query_parameters_get_400_naming_the_parameter(
+    client: TestClient, params, fragment
+) -> None:  # type: ignore[no-untyped-def]
     r = client.get("/api/v1/requests", params=params, headers=_auth(VIEWER))
     assert r.status_code == 400
     body = r.json()
@@ -112,8 +129,12 @@ def test_bad_query_parameters_get_400_naming_the_parameter(client: TestClient, p
 
 @pytest.mark.parametrize(
     ("spec", "fragment"),
-    [("viewer", "expected role:token"), ("boss:abcdefghijklmnop", "unknown role 'boss'"),
-     ("viewer:short", "at least 16"), ("", "no tokens given")],  # fmt: skip
+    [
+        ("viewer", "expected role:token"),
+        ("boss:abcdefghijklmnop", "unknown role 'boss'"),
+        ("viewer:short", "at least 16"),
+        ("", "no tokens given"),
+    ],  # fmt: skip
 )
 def test_bad_token_specs_are_rejected_with_a_reason(spec: str, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):

@@ -59,7 +59,9 @@ def test_missing_latencies_are_stored_as_null_not_zero(store: ChdbStore) -> None
     rec = _record(status="error", error_type="timeout", ttft_us=None, tpot_us=None,
                   output_tokens_per_s=None, trace_id="", span_id="")  # fmt: skip
     store.insert_rows("requests", columns(RequestRecord), [as_row(rec)])
-    ttft, err, trace = store.query("SELECT ttft_us, error_type, hex(trace_id) FROM requests").rows[0]
+    ttft, err, trace = store.query("SELECT ttft_us, error_type, hex(trace_id) FROM requests").rows[
+        0
+    ]
     assert ttft is None and err == "timeout" and trace == "0" * 32
 
 
@@ -191,8 +193,10 @@ def test_another_process_holding_the_directory_gets_a_clear_error(tmp_path: Path
             """)],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
-        assert f"LOCKED data directory {data.resolve()} is in use by another process (pid " \
+        assert (
+            f"LOCKED data directory {data.resolve()} is in use by another process (pid "
             f"{holder.pid})" in probe.stdout
+        )
     finally:
         assert holder.stdin is not None and holder.stdout is not None
         holder.stdin.close()

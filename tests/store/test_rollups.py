@@ -132,15 +132,25 @@ def test_quantiles_are_never_below_truth_and_within_one_bucket(loaded) -> None: 
 
 def test_an_empty_window_has_no_ratio_and_no_quantiles(store: ChdbStore) -> None:
     end = datetime.now(UTC)
-    got = latency_good_total(store, Selector(pool="none"), "ttft", 0.2, end - timedelta(hours=1), end)
+    got = latency_good_total(
+        store, Selector(pool="none"), "ttft", 0.2, end - timedelta(hours=1), end
+    )
     assert (got.good, got.total, got.ratio) == (0, 0, None)
     assert quantiles_from_histogram([], [], [0.5]) == [None]
 
 
 @pytest.mark.parametrize(
     ("value", "bound"),
-    [(0, 0), (99, 99), (100, 100), (101, 110), (250_000, 250_000), (250_001, 260_000),
-     (995, 1000), (1_000_001, 1_100_000)],  # fmt: skip
+    [
+        (0, 0),
+        (99, 99),
+        (100, 100),
+        (101, 110),
+        (250_000, 250_000),
+        (250_001, 260_000),
+        (995, 1000),
+        (1_000_001, 1_100_000),
+    ],  # fmt: skip
 )
 def test_bucket_bounds_round_up_to_two_significant_digits(value: int, bound: int) -> None:
     assert round_up_2sig(value) == bound
