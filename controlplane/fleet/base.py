@@ -154,9 +154,10 @@ def plan_scale(replicas: Sequence[Replica], n: int) -> tuple[list[str], int, lis
         undrain = [r.id for r in draining[: n - len(active)]]
         return undrain, n - len(active) - len(undrain), []
     if n < len(active):
+        # Ties on start time go to the later-listed replica (the newer one).
         order = sorted(
-            active,
-            key=lambda r: (r.state is ReplicaState.SERVING, -r.started_at),
+            enumerate(active),
+            key=lambda ir: (ir[1].state is ReplicaState.SERVING, -ir[1].started_at, -ir[0]),
         )
-        return [], 0, [r.id for r in order[: len(active) - n]]
+        return [], 0, [r.id for _, r in order[: len(active) - n]]
     return [], 0, []

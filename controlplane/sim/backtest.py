@@ -124,6 +124,7 @@ class _Backtest:
         self.events: list[tuple[float, int, int, str, StepResult | None]] = []
         self.seq = itertools.count()
         self.stepping: set[str] = set()
+        self.fleet.busy = self.stepping.__contains__
         self.ready_scheduled: set[str] = set()
         self.admission = _Admission()
         self.next_arrival_t = math.inf
@@ -150,7 +151,10 @@ class _Backtest:
         self.stepping.discard(rid)
         r = self.fleet.get(rid)
         if r.state is ReplicaState.STOPPED:
-            return  # its requests were counted as cut when it stopped
+            # Stopped mid-iteration: what this iteration would have finished is cut too
+            # (the rest was counted when it stopped).
+            self.log.cut_requests(len(res.completed))
+            return
         for timing in res.completed:
             self.log.complete(timing)
         self.fleet.settle(rid)

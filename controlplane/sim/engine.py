@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -144,11 +145,12 @@ class EngineStats:
     ready: bool
 
 
-@dataclass
+@dataclass(slots=True, eq=False)  # identity equality: list.remove must not compare fields
 class _Seq:
     req: SimRequest
     target: int  # tokens this request will generate in total
     key: tuple[int, float, int]
+    num_tokens: int  # prompt + generated so far (kept in step with num_generated)
     num_generated: int = 0
     num_computed: int = 0
     blocks: int = 0
@@ -157,9 +159,9 @@ class _Seq:
     preemptions: int = 0
     is_running: bool = False
 
-    @property
-    def num_tokens(self) -> int:
-        return self.req.input_tokens + self.num_generated
+
+def _seq_key(s: _Seq) -> tuple[int, float, int]:
+    return s.key
 
 
 class Engine:
@@ -223,7 +225,7 @@ class Engine:
                 f"({p.kv_cache_tokens} tokens)"
             )
         key = (req.priority, req.arrival_s, next(self._seq_no))
-        seq = _Seq(req=req, target=target, key=key)
+        seq = _Seq(req=req, target=target, key=key, num_tokens=req.input_tokens)
         self._ids[req.id] = seq
         heapq.heappush(self._waiting, (key, seq))
 
@@ -283,19 +285,25 @@ class Engine:
         heapq.heappush(self._waiting, (seq.key, seq))
 
     def _iteration(self, now_s: float, result: StepResult) -> None:
+        # The hot path of every simulation: plain locals, no per-sequence calls.
         p = self.params
+        bs = p.block_size
         budget = p.max_num_batched_tokens
-        scheduled: list[tuple[_Seq, int]] = []
+        sched: list[_Seq] = []
+        news: list[int] = []
         preempted_now = False
-        for seq in list(self._running):
+        for seq in tuple(self._running):
             if budget <= 0:
                 break
             if not seq.is_running:
                 continue  # preempted earlier in this loop
-            n_new = min(seq.num_tokens - seq.num_computed, budget)
-            need = self._blocks_for(seq.num_computed + n_new) - seq.blocks
+            computed = seq.num_computed
+            n_new = seq.num_tokens - computed
+            if n_new > budget:
+                n_new = budget
+            need = -(-(computed + n_new) // bs) - seq.blocks
             while need > self._free:
-                victim = max(self._running, key=lambda s: s.key)
+                victim = max(self._running, key=_seq_key)
                 self._preempt(victim, result)
                 preempted_now = True
                 if victim is seq:
@@ -304,46 +312,69 @@ class Engine:
                 continue
             self._free -= need
             seq.blocks += need
-            scheduled.append((seq, n_new))
+            sched.append(seq)
+            news.append(n_new)
             budget -= n_new
         if preempted_now:
             # A sequence scheduled early in the loop may have been preempted later on.
-            kept = [(s, n) for s, n in scheduled if s.is_running]
-            budget += sum(n for _, n in scheduled) - sum(n for _, n in kept)
-            scheduled = kept
-        if not preempted_now:
-            while self._waiting and budget > 0 and len(self._running) < p.max_num_seqs:
-                seq = self._waiting[0][1]
+            kept = [(s, n) for s, n in zip(sched, news, strict=True) if s.is_running]
+            budget += sum(news) - sum(n for _, n in kept)
+            sched = [s for s, _ in kept]
+            news = [n for _, n in kept]
+        else:
+            waiting = self._waiting
+            while waiting and budget > 0 and len(self._running) < p.max_num_seqs:
+                seq = waiting[0][1]
                 n_new = min(seq.num_tokens - seq.num_computed, budget)
-                need = self._blocks_for(n_new)
+                need = -(-n_new // bs)
                 if need > self._free:
                     break  # FCFS: the head waits, nobody overtakes it
-                heapq.heappop(self._waiting)
+                heapq.heappop(waiting)
                 self._free -= need
                 seq.blocks = need
                 if seq.scheduled_s is None:
                     seq.scheduled_s = now_s
                 self._running.append(seq)
                 seq.is_running = True
-                scheduled.append((seq, n_new))
+                sched.append(seq)
+                news.append(n_new)
                 budget -= n_new
-        if not scheduled:
+        if not sched:
             return
         tokens = 0
         attn = 0.0
         kv_read = 0
-        for seq, n in scheduled:
+        for seq, n in zip(sched, news, strict=True):
+            c = seq.num_computed
             tokens += n
-            attn += n * (seq.num_computed + n / 2)
-            kv_read += seq.num_computed + n
-        duration = self._duration(tokens, attn, kv_read, len(scheduled))
+            attn += n * (c + n * 0.5)
+            kv_read += c + n
+        duration = self._duration(tokens, attn, kv_read, len(sched))
         end = now_s + duration
         self._account(result, duration, tokens)
-        for seq, n in scheduled:
-            seq.num_computed += n
-            if seq.num_computed < seq.num_tokens:
+        out = result.tokens
+        finished = False
+        emitted = 0
+        for seq, n in zip(sched, news, strict=True):
+            c = seq.num_computed + n
+            seq.num_computed = c
+            if c < seq.num_tokens:
                 continue  # prefill chunk, no token yet
-            self._emit(seq, 1, end, result)
+            seq.num_generated += 1
+            seq.num_tokens += 1
+            emitted += 1
+            rid = seq.req.id
+            out[rid] = out.get(rid, 0) + 1
+            if seq.first_token_s is None:
+                seq.first_token_s = end
+                self._prompt_tokens += seq.req.input_tokens
+                result.first_token.append(rid)
+            if seq.num_generated >= seq.target:
+                self._finish(seq, end, result)
+                finished = True
+        self._gen_tokens += emitted
+        if finished:
+            self._running = [s for s in self._running if s.is_running]
 
     def _duration(self, tokens: int, attn: float, kv_read_tokens: int, n_seqs: int) -> float:
         """Roofline step time; ``attn`` is the sum over sequences of new x context tokens."""
@@ -363,25 +394,17 @@ class Engine:
         self._iterations += 1
         self._busy_s += duration
 
-    def _emit(self, seq: _Seq, n: int, at_s: float, result: StepResult) -> None:
+    def _finish(self, seq: _Seq, at_s: float, result: StepResult) -> None:
+        """Release a finished sequence; the caller drops it from ``_running``."""
         rid = seq.req.id
-        seq.num_generated += n
-        self._gen_tokens += n
-        result.tokens[rid] = result.tokens.get(rid, 0) + n
-        if seq.first_token_s is None:
-            seq.first_token_s = at_s
-            self._prompt_tokens += seq.req.input_tokens
-            result.first_token.append(rid)
-        if seq.num_generated >= seq.target:
-            reason = FINISH_STOP if seq.target >= seq.req.output_tokens else FINISH_LENGTH
-            self._running.remove(seq)
-            seq.is_running = False
-            self._free += seq.blocks
-            seq.blocks = 0
-            del self._ids[rid]
-            self._finished[reason] = self._finished.get(reason, 0) + 1
-            result.finished[rid] = reason
-            result.completed.append(self._timing(seq, at_s, reason))
+        reason = FINISH_STOP if seq.target >= seq.req.output_tokens else FINISH_LENGTH
+        seq.is_running = False
+        self._free += seq.blocks
+        seq.blocks = 0
+        del self._ids[rid]
+        self._finished[reason] = self._finished.get(reason, 0) + 1
+        result.finished[rid] = reason
+        result.completed.append(self._timing(seq, at_s, reason))
 
     def _timing(self, seq: _Seq, finish_s: float, reason: str) -> RequestTiming:
         return RequestTiming(
@@ -438,23 +461,86 @@ class Engine:
                     hi = mid - 1
             k_max = lo
         ctx = sum(s.num_computed for s in running)
-        t = now_s + result.duration_s
-        k = 0
-        while k < k_max and t < horizon_s:
-            d = self._duration(n, n * 0.5 + ctx, ctx + n, n)
-            self._account(result, d, n)
-            t += d
-            ctx += n
-            k += 1
+        t0 = now_s + result.duration_s
+        k, elapsed = self._decode_run(n, ctx, k_max, horizon_s - t0)
         if k == 0:
             return
-        for s in list(running):
+        t = t0 + elapsed
+        result.duration_s += elapsed
+        result.iterations += k
+        result.batched_tokens += n * k
+        out = result.tokens
+        finished = False
+        for s in running:
             s.num_computed += k
+            s.num_generated += k
+            s.num_tokens += k
             new_blocks = -(-s.num_computed // bs) - s.blocks
             self._free -= new_blocks
             s.blocks += new_blocks
-        for s in list(running):
-            self._emit(s, k, t, result)
+            rid = s.req.id
+            out[rid] = out.get(rid, 0) + k
+            if s.num_generated >= s.target:
+                self._finish(s, t, result)
+                finished = True
+        self._gen_tokens += k * n
+        if finished:
+            self._running = [s for s in self._running if s.is_running]
+
+    def _decode_run(self, n: int, ctx: int, k_max: int, room_s: float) -> tuple[int, float]:
+        """How many decode-only iterations of ``n`` sequences (``ctx`` tokens computed)
+        start within ``room_s``, at most ``k_max``, and how long they take in total.
+
+        Memory-bound iterations take ``a + b * ctx_j`` with ``ctx_j = ctx + j n``, so their
+        sum is a quadratic in the count, solved in closed form; compute-bound stretches
+        (large batches) are walked one iteration at a time.
+        """
+        if k_max <= 0 or room_s <= 0:
+            return 0, 0.0
+        p = self.params
+        slow = self.slowdown
+        over = p.step_overhead_s + p.per_seq_overhead_s * n
+        c0 = (2.0 * p.n_params * n + self._attn_flops * n * 0.5) / self._flops_rate
+        c1 = self._attn_flops / self._flops_rate
+        m0 = (p.weights_bytes + n * p.kv_bytes_per_token) / self._bytes_rate
+        m1 = p.kv_bytes_per_token / self._bytes_rate
+        k = 0
+        elapsed = 0.0
+        compute_s = 0.0
+        # Compute-bound prefix: walk it (memory time grows faster with context, so once
+        # memory-bound, an iteration stays memory-bound).
+        while k < k_max and elapsed < room_s and c0 + c1 * ctx > m0 + m1 * ctx:
+            comp = (c0 + c1 * ctx) * slow
+            elapsed += comp + over * slow
+            compute_s += comp
+            ctx += n
+            k += 1
+        if k < k_max and elapsed < room_s:
+            # Iteration j (from here) lasts a + b j; S(j) = j a + b j (j - 1) / 2 is the
+            # time before it starts. Count iterations with S(j) < room and j < k_max - k.
+            a = (m0 + m1 * ctx + over) * slow
+            b = m1 * n * slow
+            room = room_s - elapsed
+            if math.isinf(room):
+                j = k_max - k
+            elif b > 0:
+                # Largest j with a j + b j (j - 1) / 2 < room, then the count is j + 1.
+                half = a - b / 2
+                j = int((-half + math.sqrt(half * half + 2 * b * room)) / b)
+            else:
+                j = int(room / a)
+            j = min(j, k_max - k)
+            while j > 0 and j * a + b * j * (j - 1) / 2 >= room:
+                j -= 1
+            while j < k_max - k and (j + 1) * a + b * (j + 1) * j / 2 < room:
+                j += 1
+            more = min(j + 1, k_max - k)
+            elapsed += more * a + b * more * (more - 1) / 2
+            k += more
+        self._compute_s += compute_s
+        self._iterations += k
+        self._busy_s += elapsed
+        return k, elapsed
 
     # -- observation --------------------------------------------------------------------
 

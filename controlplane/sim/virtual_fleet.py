@@ -9,7 +9,7 @@ cold start included, as a cloud bill would.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from controlplane.clock import Clock
@@ -75,6 +75,9 @@ class VirtualFleet:
         self._ids = itertools.count(1)
         # Requests cut by stops, for the backtest to count; it empties the list.
         self.cut_requests: list[str] = []
+        # Whether a replica has an engine iteration in progress (set by the backtest): its
+        # engine may already show requests finished that finish only when it ends.
+        self.busy: Callable[[str], bool] = lambda replica_id: False
 
     # -- helpers for the backtest -------------------------------------------------------
 
@@ -108,7 +111,11 @@ class VirtualFleet:
     def settle(self, replica_id: str) -> None:
         """Called when a replica's engine may have emptied: finish its drain."""
         r = self.get(replica_id)
-        if r.state is ReplicaState.DRAINING and r.engine.in_flight() == 0:
+        if (
+            r.state is ReplicaState.DRAINING
+            and r.engine.in_flight() == 0
+            and not self.busy(r.id)
+        ):
             if r.stop_when_drained:
                 self._stop(r)
             else:
