@@ -207,3 +207,23 @@ def _rfc(ts: float) -> str:
     from alerts.model import rfc3339
 
     return rfc3339(ts)
+
+
+def test_silences_and_dead_letters_survive_a_restart(store, clock, recorder):
+    h = _harness(store, clock, [webhook(recorder)])
+    recorder.script.append(Reply(400))
+    h.step([sig(pool="a")])
+    h.run(30, [sig(pool="a")])
+    silence = h.engine.create_silence(
+        {"matchers": [{"name": "pool", "value": "b"}], "endsAt": clock.now() + 3600}
+    )
+    engine = h.restart()
+    assert [s["id"] for s in engine.list_silences()] == [silence["id"]]
+    (dead,) = engine.dead_letters()
+    assert dead["lastStatus"] == 400
+    h.run(600, [sig(pool="a"), sig(pool="b")])
+    assert len(recorder.received) == 1  # b is silenced, a was already notified (dead)
+    engine.requeue(dead["id"])
+    h.run(10, [sig(pool="a"), sig(pool="b")])
+    assert len(recorder.received) == 2
+    h.close()
