@@ -88,6 +88,32 @@ def make_record(i: int, rng: random.Random) -> RequestRecord:
     )
 
 
+class _Blackhole:
+    def insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
+                    *, dedup_token: str | None = None) -> None:  # fmt: skip
+        pass
+
+
+def emit_cost(n: int = 200_000, chunk: int = 100) -> tuple[float, float]:
+    """ns per record: ``Writer.emit`` (worker draining into a no-op target) beside
+    ``ListSink.emit`` (a bare list extend), same records, same chunks."""
+    from collector.records import ListSink
+
+    rng = random.Random(3)
+    chunks = [[make_record(i + k, rng) for k in range(chunk)] for i in range(0, n, chunk)]
+    writer = Writer(_Blackhole(), queue_max=n + 1)
+    writer.start()
+    sink = ListSink()
+    out = []
+    for target in (writer, sink):
+        t = time.perf_counter()
+        for c in chunks:
+            target.emit(c)
+        out.append((time.perf_counter() - t) / n * 1e9)
+    writer.stop(30)
+    return out[0], out[1]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="gov-bench-outage-"))
     store = ChdbStore(data_dir / "chdb", database="bench_outage")
@@ -182,6 +208,9 @@ def main() -> None:
     p.add_argument("--ack-loss", type=int, default=1, help="inserts whose success is lost")
     p.add_argument("--backoff-max", type=float, default=5.0, help="writer backoff cap, s")
     p.add_argument("--data-dir", default=None, help="directory for chDB and the spool")
+    w_ns, l_ns = emit_cost()
+    print(f"emit: Writer {w_ns:.0f} ns/record, ListSink {l_ns:.0f} ns/record "
+          f"(ratio {w_ns / l_ns:.2f})")  # fmt: skip
     r = run(p.parse_args())
     print(f"offered {r['rate']:.0f} records/s; store down {r['outage_s']:.0f} s")
     print(f"produced {r['produced']}  stored {r['stored']}  distinct {r['distinct']}")
