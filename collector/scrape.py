@@ -194,11 +194,9 @@ class Scraper:
             series = 0
             try:
                 body, ctype = await self._fetch(client, target)
-                samples = parse(body, ctype)
-                series = len(samples)
-                records = adapter_for(target.kind).records(
-                    samples, target, self._clock.now(), self._rates
-                )
+                # Parsing is CPU work (prometheus-client's parser is pure Python): off the
+                # loop, so other targets' sockets and timeouts keep being served meanwhile.
+                records, series = await asyncio.to_thread(self._adapt, target, body, ctype)
             except (ScrapeError, httpx.HTTPError, TimeoutError, OSError) as exc:
                 error = _describe(exc, self.timeout_s)
             except Exception as exc:  # an adapter bug must not stop the loop
@@ -214,6 +212,11 @@ class Scraper:
         self._emit(records)
         return self._record(target, error=error, duration=duration, series=series,
                             rows=len(records))
+
+    def _adapt(self, target: Target, body: str, ctype: str | None) -> tuple[list[Any], int]:
+        samples = parse(body, ctype)
+        records = adapter_for(target.kind).records(samples, target, self._clock.now(), self._rates)
+        return records, len(samples)
 
     def _down_sample(self, target: Target, duration: float) -> ReplicaSample:
         return ReplicaSample(
