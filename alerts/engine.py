@@ -90,6 +90,7 @@ class AlertEngine:
         self._queue.restore(deliveries)
         self._dead = {d.id: d for d in deliveries if d.status == DEAD}
         self._pushed_at: dict[tuple[str, str], float] = {}
+        self._in_flight: set[str] = set()  # being sent by tick(), outside the lock
         self.rejected_signals = 0
         for a in self._alerts.values():
             if a.state == FIRING:
@@ -161,9 +162,11 @@ class AlertEngine:
                 self._flush_groups(now)
                 self._nflog.gc(now)
                 due = self._queue.due(now)
+                self._in_flight = {d.id for d in due}
             for d in due:
                 self._queue.attempt(d, now)
             with self._lock:
+                self._in_flight = set()
                 for d in due:
                     self._queue.update(d, now)
                     if d.status == DEAD:
@@ -219,7 +222,9 @@ class AlertEngine:
             if not due:
                 continue
             mine.sort(key=lambda a: sorted(a.labels.items()))
-            for old in [d for d in self._queue.open.values() if d.receiver == rcv.name]:
+            stale = [d for d in self._queue.open.values()
+                     if d.receiver == rcv.name and d.id not in self._in_flight]  # fmt: skip
+            for old in stale:
                 old.status = SUPERSEDED  # the new push carries these alerts' newer state
                 self._queue.update(old, now)
             body = notifiers.json_dumps(notifiers.alertmanager_payload(mine))
