@@ -133,8 +133,10 @@ class AlertEngine:
                 self._storage.save_alert(prev, now, tombstone=True)
             return
         self._alerts[fp] = nxt
-        changed = prev is None or transition is not None or (
-            (nxt.annotations, nxt.value) != (prev.annotations, prev.value)
+        changed = (
+            prev is None
+            or transition is not None
+            or ((nxt.annotations, nxt.value) != (prev.annotations, prev.value))
         )
         if changed or now - self._persisted_at.get(fp, 0.0) >= HEARTBEAT_S:
             self._storage.save_alert(nxt, now)

@@ -37,9 +37,7 @@ class Route:
             receiver=cfg.receiver,
             match=tuple(sorted(cfg.match.items())),
             # Anchored both ends, as Alertmanager anchors its regex matchers.
-            match_re=tuple(
-                (k, re.compile(f"^(?:{v})$")) for k, v in sorted(cfg.match_re.items())
-            ),
+            match_re=tuple((k, re.compile(f"^(?:{v})$")) for k, v in sorted(cfg.match_re.items())),
             group_by=tuple(cfg.group_by),
             group_wait_s=cfg.group_wait_s,
             group_interval_s=cfg.group_interval_s,

@@ -32,8 +32,12 @@ class Matcher:
         return hit if self.is_equal else not hit
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "value": self.value, "isRegex": self.is_regex,
-                "isEqual": self.is_equal}
+        return {
+            "name": self.name,
+            "value": self.value,
+            "isRegex": self.is_regex,
+            "isEqual": self.is_equal,
+        }
 
 
 @dataclass(frozen=True)
@@ -84,8 +88,9 @@ def _time(value: Any, field: str, problems: list[str]) -> float | None:
         else:
             if dt.tzinfo is not None:
                 return dt.timestamp()
-    problems.append(f"{field}: expected an RFC 3339 time with a zone or unix seconds, "
-                    f"got {value!r}")
+    problems.append(
+        f"{field}: expected an RFC 3339 time with a zone or unix seconds, got {value!r}"
+    )
     return None
 
 

@@ -66,9 +66,7 @@ def _ts(v: Any) -> float | None:
 
 def _latest(table: str, key: str, where: str = "") -> str:
     # Newest version per key without FINAL: cheap on these small tables.
-    return (
-        f"SELECT * FROM {table} {where} ORDER BY {key}, version DESC LIMIT 1 BY {key}"
-    )
+    return f"SELECT * FROM {table} {where} ORDER BY {key}, version DESC LIMIT 1 BY {key}"
 
 
 class AlertStorage:
@@ -117,10 +115,13 @@ class AlertStorage:
         rows = self._query(_latest(NFLOG, "receiver, group_key"))
         return [
             NflogEntry(
-                receiver=r["receiver"], group_key=r["group_key"], sent_at=_ts(r["sent_at"]) or 0,
+                receiver=r["receiver"],
+                group_key=r["group_key"],
+                sent_at=_ts(r["sent_at"]) or 0,
                 firing=frozenset(json.loads(r["firing"])),
                 resolved=frozenset(json.loads(r["resolved"])),
-                payload_hash=r["payload_hash"], delivery_id=r["delivery_id"],
+                payload_hash=r["payload_hash"],
+                delivery_id=r["delivery_id"],
             )
             for r in rows
             if (_ts(r["sent_at"]) or 0) >= since
@@ -131,8 +132,10 @@ class AlertStorage:
             Silence(
                 id=r["id"],
                 matchers=tuple(Matcher(**m) for m in json.loads(r["matchers"])),
-                starts_at=_ts(r["starts_at"]) or 0, ends_at=_ts(r["ends_at"]) or 0,
-                created_by=r["created_by"], comment=r["comment"],
+                starts_at=_ts(r["starts_at"]) or 0,
+                ends_at=_ts(r["ends_at"]) or 0,
+                created_by=r["created_by"],
+                comment=r["comment"],
                 updated_at=_ts(r["updated_at"]) or 0,
             )
             for r in self._query(_latest(SILENCES, "id"))

@@ -44,8 +44,9 @@ def test_alerts_list_needs_a_viewer_and_shows_state_and_delivery(app, clock):
     (alert,) = r.json()["alerts"]
     assert alert["state"] == "firing" and alert["labels"]["pool"] == "a"
     assert alert["silenced"] is False
-    assert alert["receivers"] == [{"receiver": "hook", "groupKey": alert["receivers"][0][
-        "groupKey"], "status": "pending"}]
+    assert alert["receivers"] == [
+        {"receiver": "hook", "groupKey": alert["receivers"][0]["groupKey"], "status": "pending"}
+    ]
     engine.tick(clock.now())
     (alert,) = client.get("/api/v1/alerts", headers=_auth(VIEWER)).json()["alerts"]
     assert alert["receivers"][0]["status"] == "delivered"

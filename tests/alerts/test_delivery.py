@@ -55,8 +55,10 @@ def test_503_is_retried_after_jittered_backoff_with_the_same_webhook_id(store, c
 def test_429_waits_as_long_as_retry_after_says(store, clock, recorder, retry_after):
     h = _harness(store, clock, [webhook(recorder)])
     t0 = clock.now()
-    value = retry_after if retry_after != "http-date" else format_datetime(
-        utc(t0 + 30 + 120), usegmt=True
+    value = (
+        retry_after
+        if retry_after != "http-date"
+        else format_datetime(utc(t0 + 30 + 120), usegmt=True)
     )
     recorder.script.append(Reply(429, {"Retry-After": value}, b"slow down"))
     h.step([sig()])
@@ -141,8 +143,10 @@ def test_restart_mid_firing_does_not_page_again_and_delivers_the_resolve(store, 
     assert [round(r.at - t0) for r in recorder.received] == [30]
     engine = h.restart()
     (alert,) = engine.alerts()
-    assert alert["state"] == "firing" and alert["startsAt"] == recorder.received[0].json[
-        "alerts"][0]["startsAt"]
+    assert (
+        alert["state"] == "firing"
+        and alert["startsAt"] == recorder.received[0].json["alerts"][0]["startsAt"]
+    )
     h.run(3600, [sig()], every=60)
     assert len(recorder.received) == 1  # no second page
     h.run(10, [sig(active=False)])

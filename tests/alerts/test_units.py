@@ -40,8 +40,11 @@ def test_fingerprint_is_alertmanagers(labels, expected):
 
 @pytest.mark.parametrize(
     ("ts", "text"),
-    [(1700000000.0, "2023-11-14T22:13:20Z"), (1700000000.25, "2023-11-14T22:13:20.25Z"),
-     (None, "0001-01-01T00:00:00Z")],  # fmt: skip
+    [
+        (1700000000.0, "2023-11-14T22:13:20Z"),
+        (1700000000.25, "2023-11-14T22:13:20.25Z"),
+        (None, "0001-01-01T00:00:00Z"),
+    ],  # fmt: skip
     ids=["whole seconds have no fraction", "fractions drop trailing zeros", "zero time"],
 )
 def test_times_are_go_rfc3339nano(ts, text):
@@ -66,17 +69,25 @@ def _run(seq, valid=40.0):  # type: ignore[no-untyped-def]
     ("seq", "expected"),
     [
         ([(0, _sig(True))], [(FIRING, FIRING)]),
-        ([(0, _sig(True, 30)), (20, _sig(True, 30)), (30, _sig(True, 30))],
-         [(PENDING, PENDING), (PENDING, None), (FIRING, FIRING)]),
+        (
+            [(0, _sig(True, 30)), (20, _sig(True, 30)), (30, _sig(True, 30))],
+            [(PENDING, PENDING), (PENDING, None), (FIRING, FIRING)],
+        ),
         ([(0, _sig(True, 30)), (20, _sig(False, 30))], [(PENDING, PENDING), (None, None)]),
         ([(0, _sig(True)), (10, _sig(False))], [(FIRING, FIRING), (RESOLVED, RESOLVED)]),
         ([(0, _sig(True)), (10, None)], [(FIRING, FIRING), (RESOLVED, RESOLVED)]),
-        ([(0, _sig(True, keep=60)), (10, _sig(False, keep=60)), (70, _sig(False, keep=60))],
-         [(FIRING, FIRING), (FIRING, None), (RESOLVED, RESOLVED)]),
-        ([(0, _sig(True)), (10, _sig(False)), (20, _sig(True))],
-         [(FIRING, FIRING), (RESOLVED, RESOLVED), (FIRING, FIRING)]),
-        ([(0, _sig(True)), (10, None), (10 + RESOLVED_RETENTION_S, None)],
-         [(FIRING, FIRING), (RESOLVED, RESOLVED), (None, None)]),
+        (
+            [(0, _sig(True, keep=60)), (10, _sig(False, keep=60)), (70, _sig(False, keep=60))],
+            [(FIRING, FIRING), (FIRING, None), (RESOLVED, RESOLVED)],
+        ),
+        (
+            [(0, _sig(True)), (10, _sig(False)), (20, _sig(True))],
+            [(FIRING, FIRING), (RESOLVED, RESOLVED), (FIRING, FIRING)],
+        ),
+        (
+            [(0, _sig(True)), (10, None), (10 + RESOLVED_RETENTION_S, None)],
+            [(FIRING, FIRING), (RESOLVED, RESOLVED), (None, None)],
+        ),
     ],  # fmt: skip
     ids=[
         "without for an active alert fires at once",
@@ -141,18 +152,34 @@ def test_needs_update_follows_alertmanager(entry, firing, resolved, send_resolve
         ({"endsAt": 2e9}, "matchers: expected a non-empty list"),
         ({"matchers": [{"name": "slo", "value": "x"}]}, "endsAt: required"),
         ({"matchers": [{"name": "9x", "value": "x"}], "endsAt": 2e9}, "matchers[0].name"),
-        ({"matchers": [{"name": "a", "value": "(", "isRegex": True}], "endsAt": 2e9},
-         "invalid regular expression"),
-        ({"matchers": [{"name": "a", "value": ".*", "isRegex": True}], "endsAt": 2e9},
-         "must not match the empty label set"),
+        (
+            {"matchers": [{"name": "a", "value": "(", "isRegex": True}], "endsAt": 2e9},
+            "invalid regular expression",
+        ),
+        (
+            {"matchers": [{"name": "a", "value": ".*", "isRegex": True}], "endsAt": 2e9},
+            "must not match the empty label set",
+        ),
         ({"matchers": [{"name": "a", "value": "b"}], "endsAt": "yesterday"}, "endsAt: expected"),
-        ({"matchers": [{"name": "a", "value": "b"}], "startsAt": 1.8e9, "endsAt": 1.75e9},
-         "endsAt: must be after startsAt"),
-        ({"matchers": [{"name": "a", "value": "b"}], "startsAt": 1.5e9, "endsAt": 1.6e9},
-         "in the future"),
+        (
+            {"matchers": [{"name": "a", "value": "b"}], "startsAt": 1.8e9, "endsAt": 1.75e9},
+            "endsAt: must be after startsAt",
+        ),
+        (
+            {"matchers": [{"name": "a", "value": "b"}], "startsAt": 1.5e9, "endsAt": 1.6e9},
+            "in the future",
+        ),
     ],  # fmt: skip
-    ids=["no matchers", "no end", "bad label name", "bad regex", "matches everything",
-         "unparseable time", "ends before it starts", "already over"],  # fmt: skip
+    ids=[
+        "no matchers",
+        "no end",
+        "bad label name",
+        "bad regex",
+        "matches everything",
+        "unparseable time",
+        "ends before it starts",
+        "already over",
+    ],  # fmt: skip
 )
 def test_bad_silences_are_refused_naming_the_field(body, problem):
     with pytest.raises(InvalidInput) as exc:
@@ -225,8 +252,15 @@ def _delivery() -> Delivery:
         (lambda req: (_ for _ in ()).throw(httpx.ReadTimeout("slow")), RetryableDelivery),
         (lambda req: (_ for _ in ()).throw(httpx.TooManyRedirects("loop")), PermanentDelivery),
     ],
-    ids=["503 retried", "408 retried", "429 retried", "404 not retried",
-         "connection refused retried", "timeout retried", "other httpx errors not retried"],
+    ids=[
+        "503 retried",
+        "408 retried",
+        "429 retried",
+        "404 not retried",
+        "connection refused retried",
+        "timeout retried",
+        "other httpx errors not retried",
+    ],
 )
 def test_send_maps_every_outcome_to_alerting_errors(handler, error):
     http = httpx.Client(transport=httpx.MockTransport(handler))
