@@ -31,8 +31,12 @@ from collector.scrape_rates import CounterRates
 from collector.scrape_targets import Target
 from tests.fakes.metrics_server import fixture, metrics_server
 
-FIXTURES = [("vllm", "vllm.txt"), ("sglang", "sglang.txt"), ("tgi", "tgi.txt"),
-            ("dcgm", "dcgm.txt")]
+FIXTURES = [
+    ("vllm", "vllm.txt"),
+    ("sglang", "sglang.txt"),
+    ("tgi", "tgi.txt"),
+    ("dcgm", "dcgm.txt"),
+]
 
 
 def best_of(fn: Callable[[], Any], n: int, repeat: int = 5) -> float:
@@ -48,8 +52,10 @@ def best_of(fn: Callable[[], Any], n: int, repeat: int = 5) -> float:
 
 def bench_parse(n: int) -> None:
     print("## parse + adapt per exposition (median of 5 runs)")
-    print(f"{'kind':8} {'series':>7} {'parse ms':>9} {'parse+adapt ms':>15} {'ratio':>6} "
-          f"{'series/s':>10}")
+    print(
+        f"{'kind':8} {'series':>7} {'parse ms':>9} {'parse+adapt ms':>15} {'ratio':>6} "
+        f"{'series/s':>10}"
+    )
     for kind, name in FIXTURES:
         text = fixture(name)
         target = Target("http://10.0.0.1:8000/metrics", kind, "p", "r")
@@ -60,15 +66,22 @@ def bench_parse(n: int) -> None:
         def parse_only(text: str = text) -> None:
             parse(text)
 
-        def parse_adapt(text: str = text, target: Target = target, rates: CounterRates = rates,
-                        kind: str = kind, clock: list[float] = clock) -> None:
+        def parse_adapt(
+            text: str = text,
+            target: Target = target,
+            rates: CounterRates = rates,
+            kind: str = kind,
+            clock: list[float] = clock,
+        ) -> None:
             clock[0] += 15
             adapter_for(kind).records(parse(text), target, clock[0], rates)
 
         p = best_of(parse_only, n)
         pa = best_of(parse_adapt, n)
-        print(f"{kind:8} {series:7d} {p * 1e3:9.3f} {pa * 1e3:15.3f} {pa / p:6.2f} "
-              f"{series / pa:10.0f}")
+        print(
+            f"{kind:8} {series:7d} {p * 1e3:9.3f} {pa * 1e3:15.3f} {pa / p:6.2f} "
+            f"{series / pa:10.0f}"
+        )
 
 
 class _CountingSink:
@@ -95,8 +108,10 @@ def bench_round(targets: int, concurrency: int, timeout_s: float) -> None:
         urls = [srv.serve(f"/t{i}", text) for i in range(targets)]
         hang = threading.Event()
         slow = srv.serve("/slow", text, hang=hang)
-        for label, extra in (("all healthy", []), (f"plus one hanging ({timeout_s:g}s timeout)",
-                                                   [slow])):
+        for label, extra in (
+            ("all healthy", []),
+            (f"plus one hanging ({timeout_s:g}s timeout)", [slow]),
+        ):
             ts = [Target(u, "vllm", "p", f"r{i}") for i, u in enumerate(urls + extra)]
             sink = _CountingSink(targets)
             s = Scraper(sink, targets=ts, timeout_s=timeout_s, concurrency=concurrency)
@@ -125,8 +140,10 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--timeout", type=float, default=2.0)
     args = ap.parse_args()
-    print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
-          f"Python {platform.python_version()}, load {os.getloadavg()[0]:.1f}")
+    print(
+        f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
+        f"Python {platform.python_version()}, load {os.getloadavg()[0]:.1f}"
+    )
     bench_parse(args.n)
     bench_round(args.targets, args.concurrency, args.timeout)
     bench_agent(8, args.n)

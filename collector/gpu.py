@@ -90,7 +90,8 @@ class DeviceReading:
             memory_clock_mhz=self.memory_clock_mhz,
             clock_event_reasons=self.clock_event_reasons,
             ecc_uncorrected=self.ecc_uncorrected,
-            remapped_rows_pending=None if self.remapped_pending is None
+            remapped_rows_pending=None
+            if self.remapped_pending is None
             else int(self.remapped_pending),
             last_xid=self.last_xid,
         )
@@ -281,8 +282,12 @@ class NvmlSampler:
         rows = read("remapped_rows", lambda: nv.nvmlDeviceGetRemappedRows(h))
         if rows is not None:
             corr, unc, pending, failure = rows
-            values.update(remapped_correctable=int(corr), remapped_uncorrectable=int(unc),
-                          remapped_pending=bool(pending), remap_failure=bool(failure))
+            values.update(
+                remapped_correctable=int(corr),
+                remapped_uncorrectable=int(unc),
+                remapped_pending=bool(pending),
+                remap_failure=bool(failure),
+            )
         procs = read("processes", lambda: nv.nvmlDeviceGetComputeRunningProcesses(h))
         if procs is not None:
             values["processes"] = tuple(
@@ -293,8 +298,14 @@ class NvmlSampler:
             last = self._xid_last.get(dev.uuid)
             counts = tuple(sorted(self._xid_counts.get(dev.uuid, {}).items()))
         return DeviceReading(
-            index=dev.index, uuid=dev.uuid, name=dev.name, mig_profile=dev.mig_profile,
-            healthy=healthy, last_xid=last, xid_counts=counts, **values,
+            index=dev.index,
+            uuid=dev.uuid,
+            name=dev.name,
+            mig_profile=dev.mig_profile,
+            healthy=healthy,
+            last_xid=last,
+            xid_counts=counts,
+            **values,
         )
 
     def _field_value(self, h: Any, field_id: int) -> float:
@@ -395,8 +406,12 @@ class NvmlSource:
 
     def open(self) -> None:
         self.sampler.open()
-        self._watcher = XidWatcher(self.sampler.nvml, self.sampler.handles_by_uuid(),
-                                   self.sampler.record_xid, wait_ms=self._xid_wait_ms)
+        self._watcher = XidWatcher(
+            self.sampler.nvml,
+            self.sampler.handles_by_uuid(),
+            self.sampler.record_xid,
+            wait_ms=self._xid_wait_ms,
+        )
         self._watcher.start()
 
     def sample(self) -> list[DeviceReading]:
@@ -419,8 +434,9 @@ def default_node() -> str:
 class Poller:
     """Samples a source every ``interval_s`` in a thread; ``latest()`` is the last reading."""
 
-    def __init__(self, source: GpuSource, interval_s: float, *,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, source: GpuSource, interval_s: float, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.source = source
         self.interval_s = interval_s
         self._clock = clock
@@ -463,4 +479,3 @@ class Poller:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
-

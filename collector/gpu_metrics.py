@@ -26,8 +26,12 @@ log = logging.getLogger(__name__)
 # reading attribute -> (metric name, help, scale)
 _GAUGES: list[tuple[str, str, str, float]] = [
     ("utilization", gn.UTILIZATION, "GPU busy time over the last sample period (0..1).", 1.0),
-    ("memory_utilization", gn.MEMORY_UTILIZATION,
-     "Device memory read/write busy time over the last sample period (0..1).", 1.0),
+    (
+        "memory_utilization",
+        gn.MEMORY_UTILIZATION,
+        "Device memory read/write busy time over the last sample period (0..1).",
+        1.0,
+    ),
     ("memory_used_bytes", gn.MEMORY_USED, "Device memory in use.", 1.0),
     ("memory_total_bytes", gn.MEMORY_TOTAL, "Device memory in total.", 1.0),
     ("power_w", gn.POWER, "Power draw.", 1.0),
@@ -36,8 +40,12 @@ _GAUGES: list[tuple[str, str, str, float]] = [
     ("memory_temperature_c", gn.MEMORY_TEMPERATURE, "HBM memory temperature.", 1.0),
     ("sm_clock_mhz", gn.SM_CLOCK, "Current SM clock.", 1e6),
     ("memory_clock_mhz", gn.MEMORY_CLOCK, "Current memory clock.", 1e6),
-    ("clock_event_reasons", gn.CLOCK_EVENT_REASONS,
-     "Bitmask of NVML clock-event (throttle) reasons now active.", 1.0),
+    (
+        "clock_event_reasons",
+        gn.CLOCK_EVENT_REASONS,
+        "Bitmask of NVML clock-event (throttle) reasons now active.",
+        1.0,
+    ),
     ("last_xid", gn.LAST_XID, "Most recent XID critical error seen by the agent.", 1.0),
 ]
 
@@ -49,8 +57,14 @@ class GpuCollector(Collector):
         self.node = node
 
     def _labels(self, r: DeviceReading) -> list[str]:
-        return [str(r.index), r.uuid, r.name, self.node, r.mig_profile,
-                "true" if r.simulated else "false"]
+        return [
+            str(r.index),
+            r.uuid,
+            r.name,
+            self.node,
+            r.mig_profile,
+            "true" if r.simulated else "false",
+        ]
 
     def collect(self) -> Iterator[Any]:
         readings, _at, duration = self.poller.latest()
@@ -58,7 +72,8 @@ class GpuCollector(Collector):
         yield from self._device_families(readings, labels)
 
         errs = CounterMetricFamily(
-            gn.NVML_ERRORS, "NVML errors by field and error class (NotSupported counted once).",
+            gn.NVML_ERRORS,
+            "NVML errors by field and error class (NotSupported counted once).",
             labels=["field", "error"],
         )
         for (fld, err), n in sorted(self.source.errors().items()):
@@ -87,25 +102,35 @@ class GpuCollector(Collector):
                 if v is not None:
                     fam.add_metric(self._labels(r), float(v) * scale)
             yield fam
-        energy = CounterMetricFamily(gn.ENERGY, "Energy consumed since the driver loaded.",
-                                     labels=labels)
-        ecc = CounterMetricFamily(gn.ECC_UNCORRECTED,
-                                  "Uncorrected ECC errors since the driver loaded (volatile).",
-                                  labels=labels)
-        events = GaugeMetricFamily(gn.CLOCK_EVENT_ACTIVE,
-                                   "1 while the named clock-event (throttle) reason is active.",
-                                   labels=labels + ["reason"])
-        remapped = GaugeMetricFamily(gn.REMAPPED_ROWS, "Rows remapped, by cause.",
-                                     labels=labels + ["cause"])
-        pending = GaugeMetricFamily(gn.REMAPPED_ROWS_PENDING,
-                                    "1 if a row remapping waits for a GPU reset.", labels=labels)
-        failure = GaugeMetricFamily(gn.ROW_REMAP_FAILURE,
-                                    "1 if a row remapping has failed.", labels=labels)
-        xids = CounterMetricFamily(gn.XID_ERRORS, "XID critical errors seen, by XID.",
-                                   labels=labels + ["xid"])
+        energy = CounterMetricFamily(
+            gn.ENERGY, "Energy consumed since the driver loaded.", labels=labels
+        )
+        ecc = CounterMetricFamily(
+            gn.ECC_UNCORRECTED,
+            "Uncorrected ECC errors since the driver loaded (volatile).",
+            labels=labels,
+        )
+        events = GaugeMetricFamily(
+            gn.CLOCK_EVENT_ACTIVE,
+            "1 while the named clock-event (throttle) reason is active.",
+            labels=labels + ["reason"],
+        )
+        remapped = GaugeMetricFamily(
+            gn.REMAPPED_ROWS, "Rows remapped, by cause.", labels=labels + ["cause"]
+        )
+        pending = GaugeMetricFamily(
+            gn.REMAPPED_ROWS_PENDING, "1 if a row remapping waits for a GPU reset.", labels=labels
+        )
+        failure = GaugeMetricFamily(
+            gn.ROW_REMAP_FAILURE, "1 if a row remapping has failed.", labels=labels
+        )
+        xids = CounterMetricFamily(
+            gn.XID_ERRORS, "XID critical errors seen, by XID.", labels=labels + ["xid"]
+        )
         procs = GaugeMetricFamily(gn.PROCESSES, "Compute processes on the device.", labels=labels)
-        proc_mem = GaugeMetricFamily(gn.PROCESS_MEMORY, "Device memory used by a process.",
-                                     labels=labels + ["pid"])
+        proc_mem = GaugeMetricFamily(
+            gn.PROCESS_MEMORY, "Device memory used by a process.", labels=labels + ["pid"]
+        )
         for r in readings:
             lv = self._labels(r)
             if r.energy_j is not None:
@@ -136,8 +161,15 @@ class GpuCollector(Collector):
 class AgentServer:
     """``/metrics`` over HTTP for a source: poller thread + prometheus-client's server."""
 
-    def __init__(self, source: GpuSource, *, node: str, interval_s: float = 1.0,
-                 host: str = "127.0.0.1", port: int = 9835) -> None:
+    def __init__(
+        self,
+        source: GpuSource,
+        *,
+        node: str,
+        interval_s: float = 1.0,
+        host: str = "127.0.0.1",
+        port: int = 9835,
+    ) -> None:
         self.source = source
         self.node = node
         self.host = host

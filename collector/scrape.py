@@ -124,7 +124,10 @@ class Scraper:
             for t in current:
                 h = self._health.get(t.key)
                 if h is None or (h.kind, h.pool, h.replica, h.source) != (
-                    t.kind, t.pool, t.replica, t.source
+                    t.kind,
+                    t.pool,
+                    t.replica,
+                    t.source,
                 ):
                     base = h or TargetHealth(t.url, t.kind, t.pool, t.replica, t.source)
                     self._health[t.key] = replace(
@@ -147,20 +150,37 @@ class Scraper:
     def discovery_errors(self) -> dict[str, str]:
         return self._discovery.errors if self._discovery else {}
 
-    def _record(self, target: Target, *, error: str, duration: float, series: int,
-                rows: int) -> TargetHealth:
+    def _record(
+        self, target: Target, *, error: str, duration: float, series: int, rows: int
+    ) -> TargetHealth:
         now = self._clock.now()
         with self._lock:
             h = self._health.get(target.key) or TargetHealth(
                 target.url, target.kind, target.pool, target.replica, target.source
             )
             if error:
-                h = replace(h, up=False, last_error=error, last_scrape=now, duration_s=duration,
-                            consecutive_failures=h.consecutive_failures + 1, series=0, rows=rows)
+                h = replace(
+                    h,
+                    up=False,
+                    last_error=error,
+                    last_scrape=now,
+                    duration_s=duration,
+                    consecutive_failures=h.consecutive_failures + 1,
+                    series=0,
+                    rows=rows,
+                )
             else:
-                h = replace(h, up=True, last_error="", last_scrape=now, last_success=now,
-                            duration_s=duration, consecutive_failures=0, series=series,
-                            rows=rows)
+                h = replace(
+                    h,
+                    up=True,
+                    last_error="",
+                    last_scrape=now,
+                    last_success=now,
+                    duration_s=duration,
+                    consecutive_failures=0,
+                    series=series,
+                    rows=rows,
+                )
             if target.key in {t.key for t in self._targets}:
                 self._health[target.key] = h
         if self._on_scrape is not None:
@@ -210,8 +230,9 @@ class Scraper:
         else:
             records = [_with_duration(r, duration) for r in records]
         self._emit(records)
-        return self._record(target, error=error, duration=duration, series=series,
-                            rows=len(records))
+        return self._record(
+            target, error=error, duration=duration, series=series, rows=len(records)
+        )
 
     def _adapt(self, target: Target, body: str, ctype: str | None) -> tuple[list[Any], int]:
         samples = parse(body, ctype)
@@ -238,8 +259,9 @@ class Scraper:
             log.exception("sink rejected %d scraped rows", len(records))
 
     def _client(self) -> httpx.AsyncClient:
-        limits = httpx.Limits(max_connections=self.concurrency,
-                              max_keepalive_connections=self.concurrency)
+        limits = httpx.Limits(
+            max_connections=self.concurrency, max_keepalive_connections=self.concurrency
+        )
         return httpx.AsyncClient(
             timeout=httpx.Timeout(self.timeout_s),
             limits=limits,
@@ -259,8 +281,9 @@ class Scraper:
 
     # --- background loop ------------------------------------------------------------
 
-    async def _target_loop(self, client: httpx.AsyncClient, target: Target,
-                           stop: asyncio.Event) -> None:
+    async def _target_loop(
+        self, client: httpx.AsyncClient, target: Target, stop: asyncio.Event
+    ) -> None:
         loop = asyncio.get_running_loop()
         while not stop.is_set():
             due = loop.time() + self.interval_s

@@ -27,9 +27,9 @@ class CounterRates:
         self._last: dict[SeriesKey, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
-    def increase(self, target: str, name: str, series: Iterable[Series], now: float) -> tuple[
-        float | None, float | None
-    ]:
+    def increase(
+        self, target: str, name: str, series: Iterable[Series], now: float
+    ) -> tuple[float | None, float | None]:
         """Total increase over all series since the previous call, and the seconds it spans.
 
         Returns ``(None, None)`` on the first observation of every series (no baseline yet).

@@ -78,7 +78,8 @@ class ScrapeService:
         return sorted(
             t.replica or _instance(t.url)
             for t in self.scraper.health()
-            if t.up is False and t.kind not in ("dcgm", "agent")
+            if t.up is False
+            and t.kind not in ("dcgm", "agent")
             and (pool is None or t.pool == pool)
         )
 
@@ -95,12 +96,17 @@ class _HealthCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         labels = ["url", "kind", "pool", "replica"]
-        up = GaugeMetricFamily("governor_scrape_target_up",
-                               "1 if the target's last scrape succeeded.", labels=labels)
-        dur = GaugeMetricFamily("governor_scrape_duration_seconds",
-                                "Duration of the target's last scrape.", labels=labels)
-        fails = GaugeMetricFamily("governor_scrape_consecutive_failures",
-                                  "Scrapes failed in a row.", labels=labels)
+        up = GaugeMetricFamily(
+            "governor_scrape_target_up", "1 if the target's last scrape succeeded.", labels=labels
+        )
+        dur = GaugeMetricFamily(
+            "governor_scrape_duration_seconds",
+            "Duration of the target's last scrape.",
+            labels=labels,
+        )
+        fails = GaugeMetricFamily(
+            "governor_scrape_consecutive_failures", "Scrapes failed in a row.", labels=labels
+        )
         for t in self.service.targets():
             lv = [t.url, t.kind, t.pool, t.replica]
             if t.up is not None:
@@ -108,8 +114,11 @@ class _HealthCollector(Collector):
             if t.duration_s is not None:
                 dur.add_metric(lv, t.duration_s)
             fails.add_metric(lv, float(t.consecutive_failures))
-        sd = GaugeMetricFamily("governor_scrape_discovery_file_error",
-                               "1 while a file_sd file cannot be used.", labels=["file"])
+        sd = GaugeMetricFamily(
+            "governor_scrape_discovery_file_error",
+            "1 while a file_sd file cannot be used.",
+            labels=["file"],
+        )
         for path in sorted(self.service.scraper.discovery_errors()):
             sd.add_metric([path], 1.0)
         yield from (up, dur, fails, sd)

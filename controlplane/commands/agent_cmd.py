@@ -18,8 +18,9 @@ def parse_interval(text: str) -> float:
     """``"1s"``, ``"500ms"``, ``"2m"`` or plain seconds -> seconds (> 0)."""
     m = _DURATION.match(text)
     if not m:
-        raise ConfigError([Problem("--interval", "", f"expected a duration like 1s, 500ms "
-                                   f"or 2m (got {text!r})")])
+        raise ConfigError(
+            [Problem("--interval", "", f"expected a duration like 1s, 500ms or 2m (got {text!r})")]
+        )
     value = float(m.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}[m.group(2)]
     if value <= 0:
         raise ConfigError([Problem("--interval", "", "must be greater than zero")])
@@ -32,8 +33,13 @@ def register(sub: Any) -> None:
     p.add_argument("--port", type=int, default=9835, help="port (default 9835; 0 picks one)")
     p.add_argument("--interval", default="1s", help="sampling interval (default 1s)")
     p.add_argument("--node", default=None, help="node label (default: this host's name)")
-    p.add_argument("--simulated-gpus", type=int, default=0, metavar="N",
-                   help="serve N simulated H100s instead of NVML (demos, tests)")
+    p.add_argument(
+        "--simulated-gpus",
+        type=int,
+        default=0,
+        metavar="N",
+        help="serve N simulated H100s instead of NVML (demos, tests)",
+    )
     p.set_defaults(func=run)
 
 
@@ -45,16 +51,22 @@ def run(args: argparse.Namespace) -> int:
     interval = parse_interval(args.interval)
     if args.simulated_gpus < 0:
         raise ConfigError([Problem("--simulated-gpus", "", "must be 0 or more")])
-    source: GpuSource = (
-        SimulatedGpus(args.simulated_gpus) if args.simulated_gpus else NvmlSource()
+    source: GpuSource = SimulatedGpus(args.simulated_gpus) if args.simulated_gpus else NvmlSource()
+    server = AgentServer(
+        source,
+        node=args.node or default_node(),
+        interval_s=interval,
+        host=args.host,
+        port=args.port,
     )
-    server = AgentServer(source, node=args.node or default_node(), interval_s=interval,
-                         host=args.host, port=args.port)
     try:
         server.start()
     except NvmlUnavailable as exc:
-        print(f"error: NVML unavailable: {exc} (no NVIDIA driver here? "
-              "--simulated-gpus N serves simulated GPUs)", file=sys.stderr)
+        print(
+            f"error: NVML unavailable: {exc} (no NVIDIA driver here? "
+            "--simulated-gpus N serves simulated GPUs)",
+            file=sys.stderr,
+        )
         return 1
     except OSError as exc:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)

@@ -30,26 +30,36 @@ GOVERNOR = [sys.executable, "-m", "controlplane.cli"]
 
 def promtool_check(text: str) -> None:
     promtool = require_binary("promtool", "prometheus")
-    res = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
-                         text=True, timeout=60)
+    res = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0 and not res.stdout.strip() and not res.stderr.strip(), (
-        res.stdout + res.stderr)
+        res.stdout + res.stderr
+    )
 
 
 def fake_fleet() -> FakeNvml:
-    mig = h100(2, mig_mode=pynvml.NVML_DEVICE_MIG_ENABLE, migs=[
-        FakeMig("1g.10gb", "MIG-7f1d9e0b-2c4a-5b6d-8e9f-0a1b2c3d4e5f", 9856 * MIB, 24 * MIB, 9)])
-    return FakeNvml([
-        h100(0, clock_event_reasons=pynvml.nvmlClocksEventReasonSwPowerCap),
-        h100_idle(1, unsupported={"nvmlDeviceGetTotalEnergyConsumption"}),
-        mig,
-        h100(3),
-    ])
+    mig = h100(
+        2,
+        mig_mode=pynvml.NVML_DEVICE_MIG_ENABLE,
+        migs=[
+            FakeMig("1g.10gb", "MIG-7f1d9e0b-2c4a-5b6d-8e9f-0a1b2c3d4e5f", 9856 * MIB, 24 * MIB, 9)
+        ],
+    )
+    return FakeNvml(
+        [
+            h100(0, clock_event_reasons=pynvml.nvmlClocksEventReasonSwPowerCap),
+            h100_idle(1, unsupported={"nvmlDeviceGetTotalEnergyConsumption"}),
+            mig,
+            h100(3),
+        ]
+    )
 
 
 def served(fake: FakeNvml) -> tuple[AgentServer, str]:
-    server = AgentServer(NvmlSource(fake, xid_wait_ms=10), node="gpu-node-7", port=0,
-                         interval_s=3600)
+    server = AgentServer(
+        NvmlSource(fake, xid_wait_ms=10), node="gpu-node-7", port=0, interval_s=3600
+    )
     server.start()
     return server, server.url
 
@@ -68,7 +78,10 @@ def test_agent_output_over_http_passes_promtool_and_reads_back_into_rows():
     promtool_check(text)
     rows = adapter_for("agent").records(
         parse(text, resp.headers["content-type"]),
-        Target(url, "agent", pool="chat"), 1_763_500_000.0, CounterRates())
+        Target(url, "agent", pool="chat"),
+        1_763_500_000.0,
+        CounterRates(),
+    )
     by = {(r.gpu, r.mig_profile): r for r in rows}
     assert sorted(by) == [(0, ""), (1, ""), (2, ""), (2, "1g.10gb"), (3, "")]
     g0 = by[(0, "")]
@@ -81,11 +94,15 @@ def test_agent_output_over_http_passes_promtool_and_reads_back_into_rows():
     assert by[(1, "")].energy_j is None and by[(1, "")].temperature_c == 41.0
     assert by[(2, "1g.10gb")].memory_used_bytes == 24 * MIB
     assert by[(3, "")].healthy is False
-    assert ('governor_gpu_clock_event_active{gpu="0",mig_profile="",name="NVIDIA H100 80GB '
-            'HBM3",node="gpu-node-7",reason="sw_power_cap",simulated="false",uuid=') in text
+    assert (
+        'governor_gpu_clock_event_active{gpu="0",mig_profile="",name="NVIDIA H100 80GB '
+        'HBM3",node="gpu-node-7",reason="sw_power_cap",simulated="false",uuid='
+    ) in text
     # GPU 1 and the MIG device do not support the energy counter: counted once each.
-    assert ('governor_agent_nvml_errors_total{error="NVMLError_NotSupported",field="energy"} 2.0'
-            in text)
+    assert (
+        'governor_agent_nvml_errors_total{error="NVMLError_NotSupported",field="energy"} 2.0'
+        in text
+    )
 
 
 def test_xid_counts_are_exported_per_xid():
@@ -109,9 +126,21 @@ def test_xid_counts_are_exported_per_xid():
 @pytest.mark.slow
 def test_governor_agent_simulated_gpus_8_passes_promtool(tmp_path):
     with subprocess.Popen(
-        [*GOVERNOR, "agent", "--simulated-gpus", "8", "--port", "0", "--interval", "200ms",
-         "--node", "demo-node"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            *GOVERNOR,
+            "agent",
+            "--simulated-gpus",
+            "8",
+            "--port",
+            "0",
+            "--interval",
+            "200ms",
+            "--node",
+            "demo-node",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     ) as proc:
         try:
@@ -140,8 +169,9 @@ def test_governor_agent_without_a_driver_exits_non_zero_with_one_line():
     else:  # pragma: no cover
         pynvml.nvmlShutdown()
         pytest.skip("an NVIDIA driver is present on this machine")
-    res = subprocess.run([*GOVERNOR, "agent", "--port", "0"], capture_output=True, text=True,
-                         timeout=60)
+    res = subprocess.run(
+        [*GOVERNOR, "agent", "--port", "0"], capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 1
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr

@@ -17,7 +17,11 @@ def test_h100_readings_in_base_units():
     s.open()
     (r,) = s.sample()
     assert (r.index, r.name, r.uuid, r.mig_profile) == (
-        0, "NVIDIA H100 80GB HBM3", "GPU-927d7444-b45a-7c49-8402-5e686e46a000", "")
+        0,
+        "NVIDIA H100 80GB HBM3",
+        "GPU-927d7444-b45a-7c49-8402-5e686e46a000",
+        "",
+    )
     assert r.healthy and not r.simulated
     assert r.utilization == pytest.approx(0.97) and r.memory_utilization == pytest.approx(0.61)
     assert r.memory_total_bytes == 81559 * MIB and r.memory_used_bytes == 74817 * MIB
@@ -31,7 +35,11 @@ def test_h100_readings_in_base_units():
     assert [(p.pid, p.used_memory_bytes) for p in r.processes] == [(48213, 73400 * MIB)]
     sample = r.to_sample(1_763_500_000.0, "node-a", pool="chat")
     assert (sample.source, sample.node, sample.pool, sample.remapped_rows_pending) == (
-        "nvml", "node-a", "chat", 1)
+        "nvml",
+        "node-a",
+        "chat",
+        1,
+    )
 
 
 def test_nvml_is_initialised_once_and_shut_down_once():
@@ -49,19 +57,39 @@ def test_nvml_is_initialised_once_and_shut_down_once():
 @pytest.mark.parametrize(
     ("function", "field", "absent"),
     [
-        pytest.param("nvmlDeviceGetUtilizationRates", "utilization",
-                     ("utilization", "memory_utilization"), id="utilization not supported"),
-        pytest.param("nvmlDeviceGetPowerUsage", "power", ("power_w",),
-                     id="power draw not supported"),
-        pytest.param("nvmlDeviceGetTotalEnergyConsumption", "energy", ("energy_j",),
-                     id="energy counter not supported (pre-Volta)"),
-        pytest.param("nvmlDeviceGetRemappedRows", "remapped_rows",
-                     ("remapped_correctable", "remapped_pending"),
-                     id="row remapping not supported (pre-Ampere)"),
-        pytest.param("nvmlDeviceGetTotalEccErrors", "ecc_uncorrected", ("ecc_uncorrected",),
-                     id="ECC disabled"),
-        pytest.param("nvmlDeviceGetFieldValues", "memory_temperature", ("memory_temperature_c",),
-                     id="memory temperature not supported"),
+        pytest.param(
+            "nvmlDeviceGetUtilizationRates",
+            "utilization",
+            ("utilization", "memory_utilization"),
+            id="utilization not supported",
+        ),
+        pytest.param(
+            "nvmlDeviceGetPowerUsage", "power", ("power_w",), id="power draw not supported"
+        ),
+        pytest.param(
+            "nvmlDeviceGetTotalEnergyConsumption",
+            "energy",
+            ("energy_j",),
+            id="energy counter not supported (pre-Volta)",
+        ),
+        pytest.param(
+            "nvmlDeviceGetRemappedRows",
+            "remapped_rows",
+            ("remapped_correctable", "remapped_pending"),
+            id="row remapping not supported (pre-Ampere)",
+        ),
+        pytest.param(
+            "nvmlDeviceGetTotalEccErrors",
+            "ecc_uncorrected",
+            ("ecc_uncorrected",),
+            id="ECC disabled",
+        ),
+        pytest.param(
+            "nvmlDeviceGetFieldValues",
+            "memory_temperature",
+            ("memory_temperature_c",),
+            id="memory temperature not supported",
+        ),
     ],
 )
 def test_a_field_that_is_not_supported_is_missing_and_the_rest_flow(function, field, absent):
@@ -104,16 +132,26 @@ def test_a_lost_gpu_is_unhealthy_and_the_others_keep_reporting():
 
 
 def test_mig_devices_are_read_as_their_own_devices():
-    gpu = h100(0, mig_mode=pynvml.NVML_DEVICE_MIG_ENABLE, migs=[
-        FakeMig("3g.40gb", "MIG-0c2a51f2-8b0e-5a3e-9f6a-3d1c2b4a5e60", 40192 * MIB, 28117 * MIB, 2),
-        FakeMig("1g.10gb", "MIG-7f1d9e0b-2c4a-5b6d-8e9f-0a1b2c3d4e5f", 9856 * MIB, 24 * MIB, 9),
-    ])
+    gpu = h100(
+        0,
+        mig_mode=pynvml.NVML_DEVICE_MIG_ENABLE,
+        migs=[
+            FakeMig(
+                "3g.40gb", "MIG-0c2a51f2-8b0e-5a3e-9f6a-3d1c2b4a5e60", 40192 * MIB, 28117 * MIB, 2
+            ),
+            FakeMig("1g.10gb", "MIG-7f1d9e0b-2c4a-5b6d-8e9f-0a1b2c3d4e5f", 9856 * MIB, 24 * MIB, 9),
+        ],
+    )
     nv = FakeNvml([gpu, h100_idle(1, mig_mode=None)])
     s = NvmlSampler(nv)
     s.open()
     readings = s.sample()
     assert [(r.index, r.mig_profile) for r in readings] == [
-        (0, ""), (0, "3g.40gb"), (0, "1g.10gb"), (1, "")]
+        (0, ""),
+        (0, "3g.40gb"),
+        (0, "1g.10gb"),
+        (1, ""),
+    ]
     big = readings[1]
     assert big.uuid.startswith("MIG-") and big.name == "NVIDIA H100 80GB HBM3"
     assert big.utilization is None  # N/A under MIG

@@ -30,15 +30,29 @@ def bump(text: str, sample: str, delta: float, where: str = "") -> str:
 
 
 def setval(text: str, sample: str, value: float, where: str = "") -> str:
-    return bump(re.sub(rf"^({re.escape(sample)}(?:\{{[^}}]*\}}|)) \S+$",
-                       lambda m: m.group(1) + " 0" if (not where or where in m.group(1))
-                       else m.group(0), text, flags=re.M), sample, value, where)
+    return bump(
+        re.sub(
+            rf"^({re.escape(sample)}(?:\{{[^}}]*\}}|)) \S+$",
+            lambda m: m.group(1) + " 0" if (not where or where in m.group(1)) else m.group(0),
+            text,
+            flags=re.M,
+        ),
+        sample,
+        value,
+        where,
+    )
 
 
-def rows(kind: str, text: str, now: float = T0, rates: CounterRates | None = None,
-         **target: str) -> list:
-    t = Target(url="http://10.0.3.7:8000/metrics", kind=kind, pool=target.pop("pool", "chat"),
-               replica=target.pop("replica", ""), labels=target)
+def rows(
+    kind: str, text: str, now: float = T0, rates: CounterRates | None = None, **target: str
+) -> list:
+    t = Target(
+        url="http://10.0.3.7:8000/metrics",
+        kind=kind,
+        pool=target.pop("pool", "chat"),
+        replica=target.pop("replica", ""),
+        labels=target,
+    )
     return adapter_for(kind).records(parse(text), t, now, rates or CounterRates())
 
 
@@ -179,11 +193,19 @@ def test_dcgm_sentinels(value, expected):
 
 def test_openmetrics_bodies_parse_when_the_content_type_says_so():
     reg = CollectorRegistry()
-    g = Gauge("vllm:num_requests_running", "Number of requests in model execution batches.",
-              ["model_name", "engine"], registry=reg)
+    g = Gauge(
+        "vllm:num_requests_running",
+        "Number of requests in model execution batches.",
+        ["model_name", "engine"],
+        registry=reg,
+    )
     g.labels("m", "0").set(7)
-    c = Counter("vllm:prompt_tokens", "Number of prefill tokens processed.",
-                ["model_name", "engine"], registry=reg)
+    c = Counter(
+        "vllm:prompt_tokens",
+        "Number of prefill tokens processed.",
+        ["model_name", "engine"],
+        registry=reg,
+    )
     c.labels("m", "0").inc(100)
     text = openmetrics_latest(reg).decode()
     assert text.rstrip().endswith("# EOF")
@@ -191,16 +213,18 @@ def test_openmetrics_bodies_parse_when_the_content_type_says_so():
     # prometheus-client escapes ':' to '_' in OpenMetrics names; lookups accept both.
     assert samples.get("vllm:num_requests_running")[0].value == 7.0
     assert samples.get("vllm:prompt_tokens_total")[0].value == 100.0
-    (r,) = adapter_for("vllm").records(samples, Target("http://h:1/metrics", "vllm"), T0,
-                                       CounterRates())
+    (r,) = adapter_for("vllm").records(
+        samples, Target("http://h:1/metrics", "vllm"), T0, CounterRates()
+    )
     assert (r.running, r.model) == (7.0, "m")
 
 
 @pytest.mark.parametrize(
     ("text", "content_type", "needle"),
     [
-        pytest.param("vllm:num_requests_running{engine=\"0\" 3\n", None, "invalid",
-                     id="unterminated label set"),
+        pytest.param(
+            'vllm:num_requests_running{engine="0" 3\n', None, "invalid", id="unterminated label set"
+        ),
         pytest.param("<html>502 Bad Gateway</html>\n", None, "invalid", id="an html error page"),
         pytest.param("x 1\n", OPENMETRICS, "invalid", id="openmetrics without EOF"),
     ],

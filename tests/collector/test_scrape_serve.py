@@ -66,9 +66,21 @@ def test_serve_scrapes_into_the_store_and_reports_slow_and_dead_targets_down(tmp
         srv.serve("/metrics", fixture("tgi.txt"))
         dead = f"http://127.0.0.1:{closed_port()}/metrics"
         sd = tmp_path / "targets.json"
-        sd.write_text(json.dumps([{"targets": [f"127.0.0.1:{srv.port}"],
-                                   "labels": {"kind": "tgi", "pool": "chat", "replica": "r-tgi",
-                                              "model": "meta-llama/Llama-3.1-8B-Instruct"}}]))
+        sd.write_text(
+            json.dumps(
+                [
+                    {
+                        "targets": [f"127.0.0.1:{srv.port}"],
+                        "labels": {
+                            "kind": "tgi",
+                            "pool": "chat",
+                            "replica": "r-tgi",
+                            "model": "meta-llama/Llama-3.1-8B-Instruct",
+                        },
+                    }
+                ]
+            )
+        )
         cfg = tmp_path / "governor.yaml"
         cfg.write_text(f"""
 scrape:
@@ -90,17 +102,22 @@ scrape:
             good_hits = srv.routes["/vllm"].hits
             assert good_hits >= 3, good_hits
             assert ts["r-slow"]["last_error"] == f"timeout after {TIMEOUT_S:g}s"
-            ts = until(sp, lambda ts: all(
-                ts.get(k, {}).get("health") in ("up", "down") for k in ("r-good", "r-dead",
-                                                                        "r-tgi", dcgm)))
+            ts = until(
+                sp,
+                lambda ts: all(
+                    ts.get(k, {}).get("health") in ("up", "down")
+                    for k in ("r-good", "r-dead", "r-tgi", dcgm)
+                ),
+            )
             assert ts["r-good"]["health"] == "up" and ts["r-good"]["last_error"] == ""
             assert ts["r-good"]["last_success"].endswith("Z")
             assert ts["r-tgi"]["health"] == "up" and ts["r-tgi"]["source"] == str(sd)
             assert ts[dcgm]["health"] == "up" and ts[dcgm]["rows"] == 2
             assert ts["r-dead"]["health"] == "down"
             assert "conn" in ts["r-dead"]["last_error"].lower()
-            chat = httpx.get(f"{sp.url}/api/v1/targets", params={"pool": "nope"},
-                             headers=sp.headers()).json()
+            chat = httpx.get(
+                f"{sp.url}/api/v1/targets", params={"pool": "nope"}, headers=sp.headers()
+            ).json()
             assert chat["count"] == 0
             assert httpx.get(f"{sp.url}/api/v1/targets").status_code == 401
             metrics = httpx.get(f"{sp.url}/metrics").text
@@ -113,8 +130,13 @@ scrape:
             stop_serve(sp)
     assert sp.proc.returncode == 0, sp.output()
     data_dir = next(tmp_path.glob("data-*"))
-    out = subprocess.run([sys.executable, "-c", READ_STORE, str(data_dir)], capture_output=True,
-                         text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", READ_STORE, str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     got = json.loads(out.stdout)
     reps = {(r["replica"], r["up"]): r for r in got["replicas"]}
     assert reps[("r-good", True)]["n"] >= 3

@@ -14,20 +14,36 @@ def test_config_targets_and_file_sd_become_one_scraper_with_health_for_the_polic
     with metrics_server() as srv:
         good = srv.serve("/m", fixture("vllm.txt"))
         dead = f"http://127.0.0.1:{closed_port()}/metrics"
-        (tmp_path / "sd.yaml").write_text(json.dumps([{
-            "targets": [f"127.0.0.1:{srv.port}"],
-            "labels": {"kind": "tgi", "pool": "batch", "__metrics_path__": "/tgi"}}]))
+        (tmp_path / "sd.yaml").write_text(
+            json.dumps(
+                [
+                    {
+                        "targets": [f"127.0.0.1:{srv.port}"],
+                        "labels": {"kind": "tgi", "pool": "batch", "__metrics_path__": "/tgi"},
+                    }
+                ]
+            )
+        )
         srv.serve("/tgi", fixture("tgi.txt"))
-        cfg = parse_config({"scrape": {
-            "timeout_s": 2,
-            "file_sd": ["sd.yaml"],
-            "targets": [
-                {"url": good, "kind": "vllm", "pool": "chat", "replica": "a"},
-                {"url": dead, "kind": "vllm", "pool": "chat", "replica": "b"},
-                {"url": "http://127.0.0.1:1/metrics", "kind": "tgi", "pool": "batch",
-                 "model": "tgi-model"},
-            ],
-        }}, source=str(tmp_path / "governor.yaml"))
+        cfg = parse_config(
+            {
+                "scrape": {
+                    "timeout_s": 2,
+                    "file_sd": ["sd.yaml"],
+                    "targets": [
+                        {"url": good, "kind": "vllm", "pool": "chat", "replica": "a"},
+                        {"url": dead, "kind": "vllm", "pool": "chat", "replica": "b"},
+                        {
+                            "url": "http://127.0.0.1:1/metrics",
+                            "kind": "tgi",
+                            "pool": "batch",
+                            "model": "tgi-model",
+                        },
+                    ],
+                }
+            },
+            source=str(tmp_path / "governor.yaml"),
+        )
         sink = ListSink()
         service = ScrapeService(scraper_from_config(cfg, sink))
         assert service.replica_up("chat", "a") is None  # not scraped yet

@@ -24,8 +24,10 @@ def write(path, data, mtime=None):
 
 
 GROUPS = [
-    {"targets": ["10.0.0.1:8000", "10.0.0.2:8000"],
-     "labels": {"kind": "vllm", "pool": "chat", "model": "llama"}},
+    {
+        "targets": ["10.0.0.1:8000", "10.0.0.2:8000"],
+        "labels": {"kind": "vllm", "pool": "chat", "model": "llama"},
+    },
     {"targets": ["gpu-node-1:9400"], "labels": {"kind": "dcgm", "__metrics_path__": "/metrics"}},
 ]
 
@@ -42,15 +44,22 @@ def test_file_sd_json_gives_one_target_per_address_with_group_labels(tmp_path):
         "http://gpu-node-1:9400/metrics",
     ]
     assert (ts[0].kind, ts[0].pool, ts[0].labels["model"], ts[0].source) == (
-        "vllm", "chat", "llama", str(f))
+        "vllm",
+        "chat",
+        "llama",
+        str(f),
+    )
     assert ts[0].instance == "10.0.0.1:8000"
     assert "__metrics_path__" not in ts[2].labels
 
 
 def test_file_sd_yaml_with_scheme_and_path(tmp_path):
     f = tmp_path / "targets.yaml"
-    write(f, "- targets: ['tgi.internal:443']\n  labels:\n    kind: tgi\n    __scheme__: https\n"
-             "    __metrics_path__: prom\n")
+    write(
+        f,
+        "- targets: ['tgi.internal:443']\n  labels:\n    kind: tgi\n    __scheme__: https\n"
+        "    __metrics_path__: prom\n",
+    )
     d = FileDiscovery([f])
     d.refresh()
     assert [t.url for t in d.targets()] == ["https://tgi.internal:443/prom"]
@@ -70,17 +79,30 @@ def test_a_changed_file_is_reread_and_an_unchanged_one_is_not(tmp_path):
 @pytest.mark.parametrize(
     ("content", "problem"),
     [
-        pytest.param("[{\"targets\": [\"a:1\"", "not valid JSON/YAML", id="truncated JSON"),
-        pytest.param("{\"targets\": []}", "expected a list of target groups",
-                     id="an object instead of a list"),
-        pytest.param("[{\"targets\": \"a:1\", \"labels\": {\"kind\": \"vllm\"}}]",
-                     "[0].targets: expected a list", id="targets not a list"),
-        pytest.param("[{\"targets\": [\"a:1\"], \"labels\": {\"kind\": \"llamacpp\"}}]",
-                     "label 'kind' must be one of", id="unknown kind"),
-        pytest.param("[{\"targets\": [\"a:1\"], \"labels\": {\"kind\": \"vllm\", \"x\": 3}}]",
-                     "[0].labels: expected a mapping of strings", id="non-string label"),
-        pytest.param("[{\"targets\": [\"http://a:1\"], \"labels\": {\"kind\": \"vllm\"}}]",
-                     "expected host:port", id="a URL instead of host:port"),
+        pytest.param('[{"targets": ["a:1"', "not valid JSON/YAML", id="truncated JSON"),
+        pytest.param(
+            '{"targets": []}', "expected a list of target groups", id="an object instead of a list"
+        ),
+        pytest.param(
+            '[{"targets": "a:1", "labels": {"kind": "vllm"}}]',
+            "[0].targets: expected a list",
+            id="targets not a list",
+        ),
+        pytest.param(
+            '[{"targets": ["a:1"], "labels": {"kind": "llamacpp"}}]',
+            "label 'kind' must be one of",
+            id="unknown kind",
+        ),
+        pytest.param(
+            '[{"targets": ["a:1"], "labels": {"kind": "vllm", "x": 3}}]',
+            "[0].labels: expected a mapping of strings",
+            id="non-string label",
+        ),
+        pytest.param(
+            '[{"targets": ["http://a:1"], "labels": {"kind": "vllm"}}]',
+            "expected host:port",
+            id="a URL instead of host:port",
+        ),
     ],
 )
 def test_a_bad_file_is_logged_by_name_and_keeps_its_previous_targets(
@@ -115,8 +137,9 @@ def test_parse_error_names_the_file():
 
 
 def test_static_targets_come_first_when_a_url_is_listed_twice(tmp_path):
-    static = static_targets([{"url": "http://10.0.0.1:8000/metrics", "kind": "vllm",
-                              "pool": "static-pool"}])
+    static = static_targets(
+        [{"url": "http://10.0.0.1:8000/metrics", "kind": "vllm", "pool": "static-pool"}]
+    )
     f = tmp_path / "t.json"
     write(f, GROUPS[:1])
     d = FileDiscovery([f])

@@ -84,8 +84,14 @@ def h100(index: int, **overrides: Any) -> FakeGpu:
 
 def h100_idle(index: int, **overrides: Any) -> FakeGpu:
     values: dict[str, Any] = dict(
-        memory_used=0, util_gpu=0, util_memory=0, power_mw=69900, sm_clock=345,
-        temperature=41, memory_temperature=48, processes=[],
+        memory_used=0,
+        util_gpu=0,
+        util_memory=0,
+        power_mw=69900,
+        sm_clock=345,
+        temperature=41,
+        memory_temperature=48,
+        processes=[],
         clock_event_reasons=_real.nvmlClocksEventReasonGpuIdle,
     )
     values.update(overrides)
@@ -294,8 +300,12 @@ class FakeNvml(types.ModuleType):
             return []
         return [
             _real.nvmlFriendlyObject(
-                {"pid": pid, "usedGpuMemory": used, "gpuInstanceId": 0xFFFFFFFF,
-                 "computeInstanceId": 0xFFFFFFFF}
+                {
+                    "pid": pid,
+                    "usedGpuMemory": used,
+                    "gpuInstanceId": 0xFFFFFFFF,
+                    "computeInstanceId": 0xFFFFFFFF,
+                }
             )
             for pid, used in gpu.processes
         ]
