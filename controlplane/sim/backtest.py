@@ -173,7 +173,7 @@ class _Backtest:
             self.log.reject()
             return
         r = min(cands, key=lambda c: c.engine.in_flight())  # stable: oldest wins ties
-        req = SimRequest(str(next(self.ids)), t, a.input_tokens, a.output_tokens,
+        req = SimRequest(str(next(self.ids)), a.t_offset_s, a.input_tokens, a.output_tokens,
                          priority=a.priority)
         try:
             r.engine.submit(req)
@@ -207,8 +207,11 @@ class _Backtest:
         nxt = next(it, None)
         last_t = 0.0
         prev_arrival = -math.inf
+        # Requests reach the router and engine after the API server's frontend work; their
+        # latencies still count from the client's arrival time.
+        fe = self.cfg.params.frontend_s
         while True:
-            self.next_arrival_t = nxt.t_offset_s if nxt is not None else math.inf
+            self.next_arrival_t = nxt.t_offset_s + fe if nxt is not None else math.inf
             t_event = self.events[0][0] if self.events else math.inf
             if nxt is None and not self.events:
                 break
@@ -234,7 +237,7 @@ class _Backtest:
                     )
                 prev_arrival = a.t_offset_s
                 nxt = next(it, None)
-                self.next_arrival_t = nxt.t_offset_s if nxt is not None else math.inf
+                self.next_arrival_t = nxt.t_offset_s + fe if nxt is not None else math.inf
                 self._route(a, t_next)
         gpu_s = self.fleet.gpu_seconds(last_t)
         return build_report(

@@ -48,6 +48,10 @@ class EngineParams:
     step_overhead_s: float = 0.0015  # scheduler + sampling + launch, per iteration
     per_seq_overhead_s: float = 0.000012  # per scheduled sequence (input prep, detokenize)
     cold_start_s: float = 60.0  # process start to first servable request
+    # API server work outside engine iterations (HTTP, tokenization, detokenization):
+    # virtual-time drivers hand requests to the engine this much after they arrive. Fitted
+    # to the low-load TTFT gap against vLLM's CI figures (docs/SIM.md).
+    frontend_s: float = 0.012
     # Power envelope used by the GPU model.
     idle_power_w: float = 70.0
     max_power_w: float = 700.0

@@ -25,15 +25,16 @@ def run_engine(
     """``requests`` are time-ordered ``(arrival_s, input_tokens, output_tokens)``."""
     engine = Engine(params)
     pending = list(requests)
+    fe = params.frontend_s  # the engine sees a request after the API server's work
     done: list[RequestTiming] = []
     i = 0
     now = 0.0
     while i < len(pending) or engine.has_work():
-        while i < len(pending) and pending[i][0] <= now:
+        while i < len(pending) and pending[i][0] + fe <= now:
             t, inp, out = pending[i]
             engine.submit(SimRequest(str(i), t, inp, out))
             i += 1
-        horizon = pending[i][0] if i < len(pending) else math.inf
+        horizon = pending[i][0] + fe if i < len(pending) else math.inf
         res = engine.step(now, horizon_s=horizon if fuse else None)
         if res.idle:
             now = horizon
