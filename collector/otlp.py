@@ -246,9 +246,10 @@ def decode_json(raw: bytes) -> TraceBatch:
                                       where + ".startTimeUnixNano"),
                         end_ns=_int(_get(sp, ("endTimeUnixNano", "end_time_unix_nano"), 0),
                                     where + ".endTimeUnixNano"),
-                        kind=_kind(_int(_get(sp, ("kind",), 0), where + ".kind"), where),
-                        status_error=_int(_get(status, ("code",), 0), where + ".status.code")
-                        == _STATUS_ERROR,
+                        kind=_kind(_enum(_get(sp, ("kind",), 0), _KIND_NAMES, where + ".kind"),
+                                   where),
+                        status_error=_enum(_get(status, ("code",), 0), _STATUS_NAMES,
+                                           where + ".status.code") == _STATUS_ERROR,
                         status_message=message,
                         trace_id=_hex_id(_get(sp, ("traceId", "trace_id"), ""), 16,
                                          where + ".traceId"),
@@ -290,6 +291,17 @@ def _int(value: Any, where: str) -> int:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     raise OtlpDecodeError(f"{where}: expected an integer (or a string of digits), got {value!r}")
+
+
+# OTLP/JSON requires enum integers; protobuf's JSON mapping also allows the names.
+_KIND_NAMES = {f"SPAN_KIND_{k.upper()}": i for i, k in enumerate(SPAN_KINDS)}
+_STATUS_NAMES = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR": 2}
+
+
+def _enum(value: Any, names: Mapping[str, int], where: str) -> int:
+    if isinstance(value, str) and value in names:
+        return names[value]
+    return _int(value, where)
 
 
 def _hex_id(value: Any, size: int, where: str) -> str:
