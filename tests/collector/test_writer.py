@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +17,8 @@ from collector.records import GpuSample, RequestRecord
 from collector.writer import Writer
 from controlplane.clock import ManualClock
 from controlplane.errors import QueryError, StoreUnavailable
+from controlplane.store.chdb_driver import ChdbStore
+from controlplane.store.migrate import migrate
 
 T0 = datetime(2026, 11, 22, 1, 0, tzinfo=UTC)
 
@@ -81,6 +84,25 @@ def counts(store: Any) -> tuple[int, int]:
     return int(r[0]), int(r[1])
 
 
+@pytest.fixture(scope="module")
+def _db(chdb_path) -> Iterator[ChdbStore]:
+    s = ChdbStore(chdb_path, database=f"t_{uuid.uuid4().hex[:12]}")
+    try:
+        migrate(s)
+        yield s
+    finally:
+        s.command(f"DROP DATABASE IF EXISTS {s.database}")
+        s.close()
+
+
+@pytest.fixture
+def store(_db: ChdbStore) -> ChdbStore:
+    """One migrated database for the module (migrating is the slow part), emptied per test."""
+    for table in ("requests", "requests_1m", "requests_1h", "gpu_samples"):
+        _db.command(f"TRUNCATE TABLE {table}")
+    return _db
+
+
 @pytest.fixture
 def registry() -> CollectorRegistry:
     return CollectorRegistry()
@@ -111,7 +133,7 @@ def test_full_batches_are_inserted_one_per_table_each_with_its_own_token(store, 
     w = make_writer(target, batch_size=100)
     w.emit([rec(i) for i in range(250)])
     w.emit([GpuSample(ts=T0, node="n1", gpu=0, utilization=0.5)])
-    assert w.flush(10)
+    assert w.flush(60)
     assert counts(store) == (250, 250)
     assert store.query("SELECT count() FROM gpu_samples").rows[0][0] == 1
     sizes = sorted((t, n) for t, n, _ in [(a[0], 0, 0) for a in target.accepted])
@@ -144,7 +166,7 @@ def test_an_outage_loses_nothing_and_duplicates_nothing(store, make_writer, cloc
     assert counts(store) == (0, 0)
     target.down = False
     clock.advance(60)
-    assert w.flush(10)
+    assert w.flush(60)
     assert counts(store) == (1000, 1000)
     assert registry.get_sample_value("governor_writer_replayed_batches_total") == 10
     assert registry.get_sample_value("governor_writer_spool_bytes") == 0
@@ -160,7 +182,7 @@ def test_a_batch_whose_success_was_not_reported_is_not_inserted_twice(store, mak
         if w.flush(0.2):
             break
         clock.advance(10)
-    assert w.flush(10)
+    assert w.flush(60)
     # 1st batch: lost ack, then replayed alone (lost again, then ok) under its own token;
     # the two never-sent batches are replayed merged (lost once, then ok) under one token.
     assert target.attempts == 5
@@ -182,7 +204,7 @@ def test_spooled_batches_are_replayed_in_the_order_they_were_formed(store, make_
     clock.advance(5)
     for k in range(10, 13):  # arrive while the spool is still being replayed
         w.emit([rec(i) for i in range(k * 10, (k + 1) * 10)])
-    assert w.flush(10)
+    assert w.flush(60)
     assert target.order == list(range(130))
     assert counts(store) == (130, 130)
 
@@ -208,7 +230,7 @@ def test_stop_with_a_dead_store_spools_everything_and_a_new_writer_replays_it(
                 is_retryable=retryable, idle_wait_s=0.02)  # fmt: skip
     w2.start()
     try:
-        assert w2.flush(10)
+        assert w2.flush(60)
     finally:
         w2.stop(5)
     assert counts(store) == (550, 550)
@@ -234,7 +256,7 @@ def test_a_torn_spool_tail_costs_only_the_torn_batch(
                     is_retryable=retryable, idle_wait_s=0.02)  # fmt: skip
         w2.start()
         try:
-            assert w2.flush(10)
+            assert w2.flush(60)
         finally:
             w2.stop(5)
     assert counts(store) == (200, 200)
@@ -259,7 +281,7 @@ def test_when_the_spool_is_full_the_oldest_rows_are_dropped_and_counted(
     assert "dropped the oldest" in caplog.text
     target.down = False
     clock.advance(10)
-    assert w.flush(10)
+    assert w.flush(60)
     kept = store.query("SELECT min(span_id), max(span_id), count() FROM requests").rows[0]
     # What survived is exactly the newest rows: a contiguous run ending at the last one.
     assert int(kept[2]) + dropped == 800
@@ -277,12 +299,12 @@ def test_rows_the_store_rejects_are_dead_lettered_and_the_rest_of_the_batch_goes
     rows = [rec(i, trace="not-hex" if i in (17, 62) else None) for i in range(100)]
     with caplog.at_level(logging.ERROR, logger="collector.writer"):
         w.emit(rows)
-        assert w.flush(10)
+        assert w.flush(60)
     assert counts(store) == (98, 98)
     assert w.stats().dropped == {"rejected": 2}
     assert "dead-lettered" in caplog.text and "trace_id" in caplog.text
     w.emit([rec(i) for i in range(100, 110)])  # the pipeline keeps flowing
-    assert w.flush(10)
+    assert w.flush(60)
     assert counts(store) == (108, 108)
 
 
@@ -299,14 +321,14 @@ def test_emit_never_blocks_and_counts_drops_when_the_queue_is_full(store, make_w
     ) == 50
     assert registry.get_sample_value("governor_writer_queued_records") == 50
     target.gate.set()
-    assert w.flush(10)
+    assert w.flush(60)
     assert counts(store) == (60, 60)
 
 
 def test_emit_never_raises_on_things_that_are_not_records(store, make_writer):
     w = make_writer(FlakyTarget(store), batch_size=10)
     w.emit([object(), rec(1), "text"])  # type: ignore[list-item]
-    assert w.flush(10)
+    assert w.flush(60)
     assert counts(store) == (1, 1)
     assert w.stats().dropped == {"rejected": 2}
 
@@ -319,14 +341,14 @@ def test_without_a_spool_directory_an_outage_is_held_in_memory(store, make_write
     assert not w.flush(0.2)
     target.down = False
     clock.advance(5)
-    assert w.flush(10)
+    assert w.flush(60)
     assert counts(store) == (400, 400)
 
 
 def test_metrics_are_exported_in_prometheus_text(store, make_writer, registry):
     w = make_writer(FlakyTarget(store), batch_size=10)
     w.emit([rec(i) for i in range(10)])
-    assert w.flush(10)
+    assert w.flush(60)
     text = generate_latest(registry).decode()
     for name in (
         "governor_writer_queued_records",
