@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -42,6 +42,7 @@ from controlplane.store.columns import to_arrow
 
 _SERVER_MESSAGE = re.compile(r"(Code: \d+\..*?)(?: \(for url [^)]*\))?\s*$", re.DOTALL)
 _TIMEOUT_CODES = {159, 160}  # TIMEOUT_EXCEEDED, TOO_SLOW
+_PLACEHOLDER = re.compile(r"\{\w+:[^}]+\}")
 
 
 class ClientFactory(Protocol):
@@ -96,8 +97,14 @@ class ClickHouseStore:
                 autogenerate_session_id=False,
                 tz_mode="aware",
             )
-            self._client.command(f"CREATE DATABASE IF NOT EXISTS {self.database}")
-            self._client.database = self.database
+        try:
+            with self._mapped():
+                self._client.command(f"CREATE DATABASE IF NOT EXISTS {self.database}")
+                self._client.database = self.database
+        except Exception:
+            with suppress(Exception):  # the original error is the one to report
+                self._client.close()
+            raise
 
     # -- error mapping ---------------------------------------------------------------
     @contextmanager
@@ -125,6 +132,14 @@ class ClickHouseStore:
         except Exception as exc:
             raise StoreError(f"ClickHouse driver error: {type(exc).__name__}: {exc}") from exc
 
+    @staticmethod
+    def _binds(sql: str, params: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        # Server-side binding only: given parameters but no {name:Type} placeholder,
+        # clickhouse-connect would fall back to Python %-formatting of the SQL text.
+        if not params or not _PLACEHOLDER.search(sql):
+            return None
+        return dict(params)
+
     def _live(self) -> Any:
         if self._closed:
             raise StoreUnavailable("store is closed")
@@ -134,14 +149,14 @@ class ClickHouseStore:
     def command(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
         client = self._live()
         with self._mapped():
-            client.command(sql, parameters=dict(params) if params else None)
+            client.command(sql, parameters=self._binds(sql, params))
         if sql.lstrip().upper().startswith(("CREATE", "ALTER", "DROP")):
             self._types.clear()
 
     def _arrow(self, sql: str, params: Mapping[str, Any] | None) -> pa.Table:
         client = self._live()
         with self._mapped():
-            table: pa.Table = client.query_arrow(sql, parameters=dict(params) if params else None)
+            table: pa.Table = client.query_arrow(sql, parameters=self._binds(sql, params))
             return table
 
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> QueryResult:

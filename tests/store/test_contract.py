@@ -267,3 +267,9 @@ def test_a_query_that_fails_mid_way_does_not_break_the_next_one(shared_store: St
             "SELECT count() FROM numbers(100000000000000) SETTINGS max_execution_time = 0.3"
         )
     assert shared_store.query("SELECT 1 AS x").rows == [(1,)]
+
+
+def test_sql_text_is_never_formatted_client_side(shared_store: Store) -> None:
+    # A literal % with parameters the SQL does not use must reach the engine untouched.
+    res = shared_store.query("SELECT 'a%s %(p)s %' AS x", {"p": "unused"})
+    assert res.rows == [("a%s %(p)s %",)]
