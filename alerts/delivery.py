@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
 import httpx
 
-from alerts.delivery_model import DEAD, DELIVERED, OPEN, PENDING, RETRYING, Delivery
+from alerts.delivery_model import DEAD, DELIVERED, OPEN, PENDING, RETRYING, SUPERSEDED, Delivery
 from alerts.errors import DeliveryError, PermanentDelivery, RetryableDelivery
 from alerts.notifiers import build_request
 from controlplane.config import Receiver
@@ -109,10 +109,31 @@ class DeliveryQueue:
         if cur is None or cur.created_at <= d.created_at:
             self.latest[key] = d
 
-    def enqueue(self, d: Delivery, now: float) -> None:
+    def enqueue(self, d: Delivery, now: float, *, in_flight: Set[str] = frozenset()) -> None:
+        """Queue ``d``; it supersedes older open deliveries of the same receiver and group.
+
+        A newer notification carries the group's current state, so sending an older one
+        after it (a retried "firing" after the "resolved") would mislead the receiver.
+        Deliveries being sent right now are superseded by ``settle`` if they fail.
+        """
         d.status, d.created_at, d.next_attempt_at, d.updated_at = PENDING, now, now, now
+        stale = [
+            o for o in self.open.values()
+            if (o.receiver, o.group_key) == (d.receiver, d.group_key) and o.id not in in_flight
+        ]  # fmt: skip
         self._persist(d, now)
         self._track(d)
+        for o in stale:
+            o.status, o.last_error = SUPERSEDED, f"superseded by {d.id}"
+            self.update(o, now)
+
+    def settle(self, d: Delivery, now: float) -> None:
+        """Record the outcome of an attempt; a failed one that a newer delivery replaced
+        while it was being sent is superseded rather than retried."""
+        newest = self.latest.get((d.receiver, d.group_key))
+        if d.status in OPEN and newest is not None and newest is not d:
+            d.status, d.last_error = SUPERSEDED, f"superseded by {newest.id}"
+        self.update(d, now)
 
     def update(self, d: Delivery, now: float) -> None:
         d.updated_at = now

@@ -79,6 +79,9 @@ class Dispatcher:
 
     def _flush(self, g: Group, now: float, silenced: Callable[[Alert], bool]) -> Flush | None:
         shown = [a for a in g.alerts.values() if not silenced(a)]
+        if not shown:
+            # Alertmanager's pipeline stops at the mute stage: the log is left as it was.
+            return None
         firing = frozenset(a.fingerprint for a in shown if a.state != RESOLVED)
         resolved = frozenset(a.fingerprint for a in shown if a.state == RESOLVED)
         receiver = g.route.receiver

@@ -25,7 +25,7 @@ import httpx
 
 from alerts import lifecycle, notifiers
 from alerts.delivery import DeliveryQueue, RetryPolicy
-from alerts.delivery_model import DEAD, OPEN, SUPERSEDED, Delivery
+from alerts.delivery_model import DEAD, OPEN, Delivery
 from alerts.dispatch import Dispatcher
 from alerts.errors import InvalidInput, NotFound
 from alerts.model import FIRING, RESOLVED, Alert, fingerprint
@@ -170,7 +170,7 @@ class AlertEngine:
             with self._lock:
                 self._in_flight = set()
                 for d in due:
-                    self._queue.update(d, now)
+                    self._queue.settle(d, now)
                     if d.status == DEAD:
                         self._dead[d.id] = d
         self._storage.flush()
@@ -188,7 +188,7 @@ class AlertEngine:
                 body = notifiers.render(rcv.kind, n)
                 digest = hashlib.sha256(body.encode()).hexdigest()
                 d = self._new_delivery(rcv.name, rcv.kind, f.group_key, body, f.alerts)
-                self._queue.enqueue(d, now)
+                self._queue.enqueue(d, now, in_flight=self._in_flight)
                 delivery_id = d.id
             # Logged when queued: the queue is persisted and delivers at least once.
             entry = NflogEntry(rcv.name, f.group_key, now, f.firing, f.resolved, digest,
@@ -224,14 +224,10 @@ class AlertEngine:
             if not due:
                 continue
             mine.sort(key=lambda a: sorted(a.labels.items()))
-            stale = [d for d in self._queue.open.values()
-                     if d.receiver == rcv.name and d.id not in self._in_flight]  # fmt: skip
-            for old in stale:
-                old.status = SUPERSEDED  # the new push carries these alerts' newer state
-                self._queue.update(old, now)
             body = notifiers.json_dumps(notifiers.alertmanager_payload(mine))
-            self._queue.enqueue(self._new_delivery(rcv.name, rcv.kind, PUSH_GROUP, body, mine),
-                                now)  # fmt: skip
+            d = self._new_delivery(rcv.name, rcv.kind, PUSH_GROUP, body, mine)
+            # Supersedes a queued older push: this one carries the same alerts' newer state.
+            self._queue.enqueue(d, now, in_flight=self._in_flight)
             for a in mine:
                 self._pushed_at[(rcv.name, a.fingerprint)] = now
 

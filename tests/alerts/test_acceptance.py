@@ -143,3 +143,18 @@ def _rfc(ts: float) -> str:
     from alerts.model import rfc3339
 
     return rfc3339(ts)
+
+
+def test_silencing_a_notified_group_does_not_make_it_page_again_later(harness, recorder, clock):
+    h = harness([webhook(recorder)])
+    t0 = clock.now()
+    h.step([sig()])
+    h.run(30, [sig()])
+    silence = h.engine.create_silence(
+        {"matchers": [{"name": "slo", "value": "chat-ttft"}], "endsAt": clock.now() + 3600}
+    )
+    h.run(600, [sig()])
+    h.engine.expire_silence(silence["id"])
+    h.run(900, [sig()], every=30)
+    # As in Alertmanager: muted flushes leave the log alone, so nothing is news.
+    assert times(recorder, t0) == [30]

@@ -231,3 +231,20 @@ def test_silences_and_dead_letters_survive_a_restart(store, clock, recorder):
     h.run(10, [sig(pool="a"), sig(pool="b")])
     assert len(recorder.received) == 2
     h.close()
+
+
+def test_a_failed_notification_is_superseded_by_the_groups_newer_one(store, clock, recorder):
+    h = _harness(store, clock, [webhook(recorder)])
+    recorder.script.append(Reply(429, {"Retry-After": "1000"}))
+    t0 = clock.now()
+    h.step([sig()])
+    h.run(60, [sig()])
+    h.run(1500, [sig(active=False)])  # resolves at t0+70, group flushes at t0+330
+    assert [round(r.at - t0) for r in recorder.received] == [30, 330]
+    assert recorder.received[1].json["status"] == "resolved"  # the stale "firing" never follows
+    statuses = dict(store.query(
+        "SELECT status, count() FROM (SELECT * FROM alert_deliveries ORDER BY id, version DESC "
+        "LIMIT 1 BY id) GROUP BY status"
+    ).rows)  # fmt: skip
+    assert statuses == {"superseded": 1, "delivered": 1}
+    h.close()
