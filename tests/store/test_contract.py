@@ -18,6 +18,7 @@ import pytest
 
 from controlplane import conventions as cv
 from controlplane.errors import QueryError, SchemaTooNew
+from controlplane.store import rollups as rollups_api
 from controlplane.store.base import Store
 from controlplane.store.migrate import known_migrations, migrate
 
@@ -178,6 +179,20 @@ def test_rollups_and_dataframes_read_back_identically_through_both_drivers(
         frames.append(s.query_df("SELECT pool, tenant, ts, input_tokens FROM requests ORDER BY ts"))
     assert rollups[0] == rollups[1]
     assert sum(r[4] for r in rollups[0][cv.REQUESTS_1M]) == 40
+    # The SLI readers (bound DateTime/UInt32 parameters, UNION of both rollups) agree too.
+    since, until = BASE - timedelta(hours=2), BASE + timedelta(hours=3)
+    sel = rollups_api.Selector(pool="chat")
+    slis = [
+        (
+            rollups_api.latency_good_total(s, sel, "ttft", 0.02, since, until),
+            rollups_api.availability_good_total(s, sel, since, until),
+            rollups_api.totals(s, sel, since, until),
+            rollups_api.latency_quantiles(s, sel, "e2e", [0.5, 0.99], since, until),
+        )
+        for s in (store, ch_store)
+    ]
+    assert slis[0] == slis[1]
+    assert slis[0][0].total == 30 and slis[0][1] == rollups_api.GoodTotal(30, 40)
     # Values agree; dtypes may not (chDB's own DataFrame output vs Arrow's, see STORE.md).
     pd.testing.assert_frame_equal(frames[0], frames[1], check_dtype=False)
     assert list(frames[1]["input_tokens"]) == list(range(100, 140))
