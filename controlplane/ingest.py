@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from collector.genai import AttributeMapping, Pricer, map_span
 from collector.otlp import decode
 from collector.records import Sink
 from controlplane.config import GovernorConfig
-from controlplane.errors import ConfigError, Problem, QueryError
+from controlplane.errors import ConfigError, GovernorError, Problem, QueryError
 from controlplane.server import AppContext, register_builder
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,10 @@ def mapping_from_config(cfg: GovernorConfig) -> AttributeMapping:
     )
 
 
+class IngestOverloaded(GovernorError):
+    """The writer cannot take this request's rows now; the exporter should retry later."""
+
+
 @dataclass(frozen=True)
 class IngestResult:
     """What one export request yielded; ``message`` explains rejected spans, if any."""
@@ -69,9 +74,12 @@ class OtlpIngest:
         pricer: Pricer | None = None,
         max_body_bytes: int = 16 * 1024 * 1024,
         token: str | None = None,
+        room: Callable[[], int] | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
+        """``room``, when given, says how many records the sink can take right now."""
         self._sink = sink
+        self._room = room
         self._mapping = mapping or AttributeMapping()
         self._pricer = pricer
         self.max_body_bytes = max_body_bytes
@@ -103,7 +111,14 @@ class OtlpIngest:
     def handle(
         self, body: bytes, content_type: str | None, content_encoding: str | None
     ) -> IngestResult:
-        """Decode, map and emit; raises ``OtlpDecodeError`` (nothing emitted) on a bad body."""
+        """Decode, map and emit; raises ``OtlpDecodeError`` (nothing emitted) on a bad body.
+
+        Raises ``IngestOverloaded`` (nothing emitted) when the sink has no room for the
+        rows: refusing the whole request lets the exporter retry it later without
+        duplicates, where accepting it would have the writer drop rows.
+        """
+        if self._room is not None and self._room() <= 0:
+            raise IngestOverloaded("the store writer's queue is full; retry later")
         batch = decode(body, content_type, content_encoding, max_bytes=self.max_body_bytes)
         records = []
         problems: list[str] = []
@@ -118,6 +133,10 @@ class OtlpIngest:
                 continue
             if record is not None:
                 records.append(record)
+        if records and self._room is not None and self._room() < len(records):
+            raise IngestOverloaded(
+                f"the store writer's queue has no room for {len(records)} rows; retry later"
+            )
         if records:
             self._sink.emit(records)
         ignored = batch.total - len(records) - rejected
@@ -180,6 +199,16 @@ def _writer_options(ctx: AppContext) -> dict[str, Any]:
     }
 
 
+def _room(ctx: AppContext, sink: Sink) -> Callable[[], int] | None:
+    """Free places in the writer's queue, when the writer and its bound are known."""
+    stats = getattr(sink, "stats", None)
+    wcfg = getattr(ctx.config, "writer", None)
+    if stats is None or wcfg is None:
+        return None
+    limit = int(wcfg.queue_max)
+    return lambda: limit - int(stats().queued)
+
+
 def _writer(ctx: AppContext) -> Sink:
     existing: Sink | None = ctx.services.get(WRITER_SERVICE)
     if existing is not None:
@@ -196,14 +225,18 @@ def _writer(ctx: AppContext) -> Sink:
 @register_builder
 def build_otlp_ingest(ctx: AppContext) -> None:
     cfg = ctx.config
+    writer = _writer(ctx)
     ctx.services[SERVICE] = OtlpIngest(
-        _writer(ctx),
+        writer,
         mapping=mapping_from_config(cfg),
         pricer=_pricer(cfg),
         max_body_bytes=cfg.server.otlp_max_body_bytes,
         token=_receiver_token(cfg),
+        room=_room(ctx, writer),
         registry=ctx.registry,
     )
 
 
-__all__ = ["IngestResult", "OtlpIngest", "build_otlp_ingest", "mapping_from_config"]
+__all__ = [
+    "IngestOverloaded", "IngestResult", "OtlpIngest", "build_otlp_ingest", "mapping_from_config",
+]

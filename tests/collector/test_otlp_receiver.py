@@ -59,7 +59,7 @@ def _start(store: Any, spool: Path, config: dict[str, Any] | None,
            servers: list[tuple[uvicorn.Server, threading.Thread]]) -> Served:
     config = dict(config or {})
     if "writer" in GovernorConfig.model_fields:  # keep each server's spool to itself
-        config["writer"] = {"spool_dir": str(spool)}
+        config["writer"] = {**config.get("writer", {}), "spool_dir": str(spool)}
     cfg = parse_config(config)
     ctx = build_context(cfg, store, TokenAuth({VIEWER: "viewer"}), builders=[build_otlp_ingest])
     sock = socket.socket()
@@ -275,3 +275,18 @@ def test_pools_configured_by_model_claim_spans_without_a_pool_attribute(serve):
     export_with_sdk(s.url, [VLLM_SPAN])
     assert [row["pool"] for row in s.requests()] == ["llama-pool"]
     assert SERVICE in s.ctx.services
+
+
+def test_a_full_writer_queue_answers_503_so_the_exporter_retries_and_nothing_is_half_taken(
+    serve,
+):
+    s = serve({"writer": {"queue_max": 1}})
+    two = json_doc([json_span(1), json_span(2)], "busy")
+    r = httpx.post(f"{s.url}/v1/traces", content=two,
+                   headers={"Content-Type": "application/json"})
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert "no room for 2 rows" in r.json()["message"]
+    r = httpx.post(f"{s.url}/v1/traces", content=json_doc([json_span(3)], "busy"),
+                   headers={"Content-Type": "application/json"})
+    assert r.status_code == 200
+    assert [row["span_id"] for row in s.requests("busy")] == [f"{3:016x}"]

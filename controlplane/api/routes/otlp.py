@@ -2,8 +2,10 @@
 
 Responses follow the OTLP/HTTP spec: 200 with an ``ExportTraceServiceResponse`` (with
 ``partial_success`` when some LLM spans could not be mapped), 400 for a body that cannot
-be decoded, 413 over the size limit, 415 for other content types, each error carrying a
-``google.rpc.Status`` whose message says what was wrong, in the request's encoding.
+be decoded, 413 over the size limit, 415 for other content types, 503 with ``Retry-After``
+when the store writer's queue has no room (the exporter retries; nothing is half-taken).
+Each error carries a ``google.rpc.Status`` whose message says what was wrong, in the
+request's encoding.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from collector.errors import OtlpDecodeError, PayloadTooLarge, UnsupportedContent
 from collector.otlp import JSON, PROTOBUF, media_type, status_body, success_body
-from controlplane.ingest import SERVICE, OtlpIngest
+from controlplane.ingest import SERVICE, IngestOverloaded, OtlpIngest
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,8 @@ _INVALID_ARGUMENT = 3
 _UNAUTHENTICATED = 16
 _UNAVAILABLE = 14
 _RESOURCE_EXHAUSTED = 8
+# Seconds an overloaded receiver asks exporters to wait (OTLP/HTTP: 503 is retryable).
+_RETRY_AFTER_S = "1"
 
 
 def _reply(media: str, status: int, code: int, message: str) -> Response:
@@ -79,6 +83,11 @@ async def export_traces(request: Request) -> Response:
     except UnsupportedContent as exc:
         ingest.count_request("unsupported")
         return _reply(media, 415, _INVALID_ARGUMENT, str(exc))
+    except IngestOverloaded as exc:
+        ingest.count_request("overloaded")
+        resp = _reply(media, 503, _UNAVAILABLE, str(exc))
+        resp.headers["Retry-After"] = _RETRY_AFTER_S
+        return resp
     except OtlpDecodeError as exc:
         ingest.count_request("malformed")
         log.info("OTLP export rejected: %s", exc)
