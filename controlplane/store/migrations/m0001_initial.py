@@ -98,7 +98,7 @@ GROUP BY {bucket}, pool, model, tenant
 STATEMENTS: list[str] = [
     """
 CREATE TABLE IF NOT EXISTS requests (
-    ts DateTime64(6, 'UTC') CODEC(DoubleDelta, ZSTD(1)),
+    ts DateTime64(6, 'UTC') CODEC(Delta, T64, ZSTD(1)),
     pool LowCardinality(String),
     model LowCardinality(String),
     replica LowCardinality(String),
@@ -119,7 +119,7 @@ CREATE TABLE IF NOT EXISTS requests (
     output_tokens UInt32 CODEC(T64, ZSTD(1)),
     cached_tokens UInt32 CODEC(T64, ZSTD(1)),
     output_tokens_per_s Nullable(Float32) CODEC(ZSTD(1)),
-    cost_usd Decimal64(9) CODEC(ZSTD(1)),
+    cost_usd Decimal64(9) CODEC(T64, ZSTD(1)),
     attributes Map(LowCardinality(String), String) CODEC(ZSTD(1))
 ) ENGINE = MergeTree
 PARTITION BY toDate(ts)
