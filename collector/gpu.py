@@ -116,6 +116,7 @@ class _Device:
     uuid: str
     name: str
     mig_profile: str = ""
+    broken: bool = False  # could not be opened at start: always reported unhealthy
     unsupported: set[str] = field(default_factory=set)
 
 
@@ -175,24 +176,43 @@ class NvmlSampler:
         nv = self.nvml
         out: list[_Device] = []
         for i in range(nv.nvmlDeviceGetCount()):
-            h = nv.nvmlDeviceGetHandleByIndex(i)
-            dev = _Device(h, i, nv.nvmlDeviceGetUUID(h), nv.nvmlDeviceGetName(h))
+            try:
+                h = nv.nvmlDeviceGetHandleByIndex(i)
+                dev = _Device(h, i, nv.nvmlDeviceGetUUID(h), nv.nvmlDeviceGetName(h))
+            except nv.NVMLError as exc:
+                # A GPU lost or broken at start is served as unhealthy; the others still are.
+                log.error("GPU %s cannot be opened: %s: %s", i, _error_name(exc), exc)
+                self._count("identity", exc)
+                out.append(_Device(None, i, "", "", broken=True))
+                continue
             out.append(dev)
             try:
-                mig_on = nv.nvmlDeviceGetMigMode(h)[0] == nv.NVML_DEVICE_MIG_ENABLE
-            except nv.NVMLError:
-                mig_on = False  # not a MIG-capable GPU
-            if not mig_on:
-                continue
-            for j in range(nv.nvmlDeviceGetMaxMigDeviceCount(h)):
-                try:
-                    mh = nv.nvmlDeviceGetMigDeviceHandleByIndex(h, j)
-                except nv.NVMLError_NotFound:
-                    continue  # empty slot
-                name = nv.nvmlDeviceGetName(mh)
-                out.append(
-                    _Device(mh, i, nv.nvmlDeviceGetUUID(mh), dev.name, mig_profile_from_name(name))
+                out.extend(self._mig_devices(dev))
+            except nv.NVMLError as exc:
+                log.error("GPU %s: MIG devices cannot be listed: %s", i, exc)
+                self._count("mig", exc)
+        return out
+
+    def _mig_devices(self, dev: _Device) -> list[_Device]:
+        nv = self.nvml
+        try:
+            mig_on = nv.nvmlDeviceGetMigMode(dev.handle)[0] == nv.NVML_DEVICE_MIG_ENABLE
+        except nv.NVMLError:
+            return []  # not a MIG-capable GPU
+        if not mig_on:
+            return []
+        out = []
+        for j in range(nv.nvmlDeviceGetMaxMigDeviceCount(dev.handle)):
+            try:
+                mh = nv.nvmlDeviceGetMigDeviceHandleByIndex(dev.handle, j)
+            except nv.NVMLError_NotFound:
+                continue  # empty slot
+            name = nv.nvmlDeviceGetName(mh)
+            out.append(
+                _Device(
+                    mh, dev.index, nv.nvmlDeviceGetUUID(mh), dev.name, mig_profile_from_name(name)
                 )
+            )
         return out
 
     def errors(self) -> dict[tuple[str, str], int]:
@@ -201,7 +221,7 @@ class NvmlSampler:
             return dict(self._errors)
 
     def handles_by_uuid(self) -> dict[str, Any]:
-        return {d.uuid: d.handle for d in self.devices if not d.mig_profile}
+        return {d.uuid: d.handle for d in self.devices if not d.mig_profile and not d.broken}
 
     # --- XID bookkeeping (fed by XidWatcher) ----------------------------------------
 
@@ -222,6 +242,8 @@ class NvmlSampler:
         return [self._read(d) for d in self.devices]
 
     def _read(self, dev: _Device) -> DeviceReading:
+        if dev.broken:
+            return DeviceReading(index=dev.index, uuid=dev.uuid, name=dev.name, healthy=False)
         nv = self.nvml
         h = dev.handle
         values: dict[str, Any] = {}

@@ -131,6 +131,16 @@ def test_a_lost_gpu_is_unhealthy_and_the_others_keep_reporting():
     assert s.sample()[1].healthy
 
 
+def test_a_gpu_lost_before_start_is_served_unhealthy_and_the_others_still_are():
+    nv = FakeNvml([h100(0, lost=True), h100(1)])
+    s = NvmlSampler(nv)
+    s.open()
+    lost, ok = s.sample()
+    assert (lost.index, lost.healthy, lost.power_w) == (0, False, None)
+    assert ok.healthy and ok.power_w == pytest.approx(386.214)
+    assert s.errors()[("identity", "NVMLError_GpuIsLost")] == 1
+
+
 def test_mig_devices_are_read_as_their_own_devices():
     gpu = h100(
         0,
