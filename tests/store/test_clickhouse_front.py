@@ -96,7 +96,7 @@ def test_a_setting_from_one_request_does_not_leak_into_the_next(http: httpx.Clie
         pytest.param("GET", {"params": {"query": "CREATE DATABASE x_get"}}, 403, 164,
                      "method GET implies readonly", id="a write over GET"),
         pytest.param("POST", {"params": {"no_such_setting": "1"}, "content": b"SELECT 1"},
-                     400, 115, "UNKNOWN_SETTING", id="an unknown setting"),
+                     404, 115, "UNKNOWN_SETTING", id="an unknown setting"),
         pytest.param("POST", {"content": b""}, 400, 62, "Empty query", id="an empty query"),
     ],
 )  # fmt: skip
