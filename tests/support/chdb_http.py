@@ -55,13 +55,11 @@ _CONTENT_TYPES = {
 # HTTP status for error codes, after ClickHouse's exceptionCodeToHTTPStatus (parse errors
 # 400, unknown objects 404, auth 401, readonly 403); everything else is 500. Only 429,
 # 503 and 504 change clickhouse-connect's behaviour (it retries them): never sent here.
+_BAD_REQUEST = (6, 26, 27, 38, 41, 53, 62, 72)  # CANNOT_PARSE_*, TYPE_MISMATCH, SYNTAX_ERROR
+_NOT_FOUND = (46, 47, 50, 60, 63, 73, 81, 115)  # UNKNOWN_FUNCTION ... UNKNOWN_SETTING
 _STATUS = {
-    **dict.fromkeys(
-        (6, 26, 27, 38, 41, 53, 62, 72), 400
-    ),  # CANNOT_PARSE_*, TYPE_MISMATCH, SYNTAX_ERROR
-    **dict.fromkeys(
-        (46, 47, 50, 60, 63, 73, 81, 115), 404
-    ),  # UNKNOWN_{FUNCTION,IDENTIFIER,...,SETTING}
+    **dict.fromkeys(_BAD_REQUEST, 400),
+    **dict.fromkeys(_NOT_FOUND, 404),
     516: 401,  # AUTHENTICATION_FAILED
     164: 403,  # READONLY
     48: 501,  # NOT_IMPLEMENTED
