@@ -67,6 +67,9 @@ NON_INFERENCE_OPERATIONS = frozenset(
 _UNKNOWN_SERVICE = "unknown_service"
 _UINT32_MAX = 2**32 - 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# A zero start time means "not set"; the store's DateTime64(6) ends in 2262 for ns inputs.
+_MIN_START_NS = 1
+_MAX_START_NS = 2**63 - 1
 
 SPAN_KINDS = ("unspecified", "internal", "server", "client", "producer", "consumer")
 
@@ -179,6 +182,11 @@ def map_span(
     kept = {k: _text(attrs[k]) for k in m.keep_attributes if k in attrs}
     kept["span.kind"] = span.kind
 
+    if not _MIN_START_NS <= span.start_ns <= _MAX_START_NS:
+        raise SpanMappingError(
+            f"span start time {span.start_ns} ns is not a time the store can hold "
+            "(expected unix nanoseconds between 1970 and 2262)"
+        )
     record = RequestRecord(
         ts=_EPOCH + timedelta(microseconds=span.start_ns // 1000),
         pool=pool,

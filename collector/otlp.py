@@ -207,6 +207,15 @@ def decode_json(raw: bytes) -> TraceBatch:
         doc = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise OtlpDecodeError(f"body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise OtlpDecodeError("body is not valid OTLP/JSON: nested too deeply") from exc
+    try:
+        return _json_batch(doc)
+    except RecursionError as exc:
+        raise OtlpDecodeError("body is not valid OTLP/JSON: values nested too deeply") from exc
+
+
+def _json_batch(doc: Any) -> TraceBatch:
     _expect(doc, dict, "body")
     batch = TraceBatch()
     for ri, rs in enumerate(_list(doc, ("resourceSpans", "resource_spans"), "")):
@@ -286,7 +295,9 @@ def _int(value: Any, where: str) -> int:
     # Protobuf JSON writes 64-bit integers as strings; numbers are accepted too.
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.lstrip("-").isdigit():
+    digits = value[1:] if isinstance(value, str) and value.startswith("-") else value
+    # ASCII only (str.isdigit accepts "²"), and short enough for an int64.
+    if isinstance(digits, str) and digits.isascii() and digits.isdigit() and len(digits) <= 20:
         return int(value)
     if isinstance(value, float) and value.is_integer():
         return int(value)

@@ -131,6 +131,12 @@ class OtlpIngest:
                 if len(problems) < _MAX_QUOTED:
                     problems.append(f"span {view.span_id or '?'} ({view.name}): {exc}")
                 continue
+            except Exception:  # a mapping bug must cost one span, not the whole request
+                log.exception("OTLP ingest: mapping span %r failed", view.name)
+                rejected += 1
+                if len(problems) < _MAX_QUOTED:
+                    problems.append(f"span {view.span_id or '?'} ({view.name}): internal error")
+                continue
             if record is not None:
                 records.append(record)
         if records and self._room is not None and self._room() < len(records):

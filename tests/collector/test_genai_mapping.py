@@ -212,6 +212,15 @@ def test_unusable_values_raise_a_mapping_error_naming_the_attribute(attrs, messa
         map_span(view(attrs={"gen_ai.operation.name": "chat", **attrs}))
 
 
+@pytest.mark.parametrize("start_ns", [0, 2**64 - 1], ids=[
+    "a span without a start time is rejected", "a start time past 2262 is rejected"])
+def test_start_times_the_store_cannot_hold_are_rejected(start_ns):
+    span = SpanView(name="llm_request", attributes={}, resource={}, start_ns=start_ns,
+                    end_ns=start_ns)
+    with pytest.raises(SpanMappingError, match="not a time the store can hold"):
+        map_span(span)
+
+
 def test_numeric_strings_are_accepted_as_numbers():
     record = map_span(view(attrs={"gen_ai.operation.name": "chat",
                                   "gen_ai.usage.output_tokens": "42"}))

@@ -171,6 +171,12 @@ BAD_JSON = [
      json.dumps(otlp_json([{"name": "llm_request", "kind": 9}])).encode(),
      "unknown span kind 9"),
     ("a top-level array is refused", b"[]", "body: expected an object, got list"),
+    ("a superscript digit is not an integer",
+     json.dumps(otlp_json([{"name": "llm_request", "startTimeUnixNano": "\u00b2"}])).encode(),
+     "startTimeUnixNano: expected an integer"),
+    ("an integer too long for int64 is refused",
+     json.dumps(otlp_json([{"name": "llm_request", "startTimeUnixNano": "9" * 5000}])).encode(),
+     "startTimeUnixNano: expected an integer"),
 ]
 
 
