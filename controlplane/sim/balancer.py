@@ -10,14 +10,14 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from controlplane.errors import GovernorError
+from controlplane.sim.errors import SimError
 
 SERVING = "serving"
 DRAINING = "draining"
 DRAINED = "drained"
 
 
-class UnknownBackend(GovernorError, KeyError):
+class UnknownBackend(SimError, KeyError):
     """No backend has this name."""
 
     def __str__(self) -> str:

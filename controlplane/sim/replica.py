@@ -37,6 +37,7 @@ from controlplane.sim.engine import (
     SimRequest,
     StepResult,
 )
+from controlplane.sim.errors import SimError
 from controlplane.sim.replica_faults import Faults
 from controlplane.sim.replica_metrics import GpuIdentity, VllmMetrics
 
@@ -92,7 +93,7 @@ class Waiter:
             pass
 
 
-class ReplicaUnavailable(Exception):
+class ReplicaUnavailable(SimError):
     """The replica cannot take requests now (cold start, XID); ``status`` is the HTTP code."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -139,6 +140,7 @@ class Replica:
         self._gpu_version = -1
         self._gpu_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self.failed = False  # the engine thread died: health 503, requests refused
 
     # -- time ---------------------------------------------------------------------------
 
@@ -151,7 +153,7 @@ class Replica:
 
     @property
     def ready(self) -> bool:
-        return self.engine.is_ready(self.now())
+        return not self.failed and self.engine.is_ready(self.now())
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -171,6 +173,8 @@ class Replica:
 
     def submit(self, req: wire.CompletionRequest, tenant: str, priority: str) -> Waiter:
         """Queue a request in the engine; raises ``ReplicaUnavailable`` or ``RequestRejected``."""
+        if self.failed:
+            raise ReplicaUnavailable(503, "engine failed; see the replica's log")
         if not self.ready:
             raise ReplicaUnavailable(503, "replica is starting (cold start)")
         if self.faults.xid:
@@ -205,16 +209,16 @@ class Replica:
             self.metrics.observe_finished(timing)
             self._span(waiter, timing, error="client_disconnected")
 
-    def fail_in_flight(self, reason: str) -> None:
-        """Abort everything in flight with an error (XID)."""
+    def fail_in_flight(self, error_type: str, message: str) -> None:
+        """Abort everything in flight: clients get ``message``, spans ``error_type``."""
         now = self.now()
         with self._lock:
             waiters, self._waiters = self._waiters, {}
             timings = [self.engine.cancel(rid, now) for rid in list(waiters)]
         for waiter, timing in zip(waiters.values(), timings, strict=True):
-            waiter.push(("error", reason, None))
+            waiter.push(("error", message, None))
             if timing is not None:
-                self._span(waiter, timing, error=reason)
+                self._span(waiter, timing, error=error_type)
 
     def crash(self) -> None:
         log.error("replica %s: crash fault injected, exiting", self.config.name)
@@ -224,6 +228,14 @@ class Replica:
     # -- the engine thread --------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception:  # the engine thread is the replica: fail loudly, not silently
+            log.exception("replica %s: engine thread failed", self.config.name)
+            self.failed = True
+            self.fail_in_flight("engine_error", "engine failed")
+
+    def _loop(self) -> None:
         while not self._stop.is_set():
             now = self.now()
             with self._lock:

@@ -43,6 +43,8 @@ def create_app(replica: Replica) -> FastAPI:
 
     @app.get("/health")
     def health() -> Response:
+        if replica.failed:
+            return JSONResponse({"status": "engine failed"}, 503)
         if not replica.ready:
             return JSONResponse({"status": "starting"}, 503)
         return Response(status_code=200)
@@ -77,7 +79,7 @@ def create_app(replica: Replica) -> FastAPI:
             asyncio.get_running_loop().call_later(0.05, replica.crash)
         replica.faults.set(fault)
         if fault.kind == "xid":
-            replica.fail_in_flight(f"xid_{fault.xid}")
+            replica.fail_in_flight(f"xid_{fault.xid}", f"GPU error: Xid {fault.xid}")
         return JSONResponse({"faults": [f.to_dict() for f in replica.faults.active()]})
 
     @app.delete("/admin/fault")
@@ -121,7 +123,7 @@ async def _stream(replica: Replica, w: Waiter) -> AsyncIterator[bytes]:
             what, value, finish = await w.queue.get()
             if what == "error":
                 done = True
-                yield wire.sse(wire.error_body(f"GPU error: {value}", "InternalServerError", 500))
+                yield wire.sse(wire.error_body(value, "InternalServerError", 500))
                 yield wire.DONE
                 return
             text = wire.make_text(value, produced)
@@ -152,7 +154,7 @@ async def _whole(replica: Replica, w: Waiter, request: Request) -> Response:
                 return Response(status_code=499)
             continue
         if what == "error":
-            return _error(500, f"GPU error: {value}")
+            return _error(500, value)
         produced += value
         if finish is not None:
             break

@@ -279,7 +279,7 @@ def test_xid_fails_streams_in_flight_and_refuses_new_requests(replica):
         rest = [line[6:] for line in lines if line.startswith("data: ")]
     assert rest[-1] == "[DONE]"
     last = json.loads(rest[-2])
-    assert last["error"]["message"] == "GPU error: xid_79"
+    assert last["error"]["message"] == "GPU error: Xid 79"
     again = httpx.post(url + "/v1/completions", json={"model": MODEL, "prompt": "x"})
     assert again.status_code == 500
     assert "Xid 79" in again.json()["error"]["message"]
@@ -311,6 +311,27 @@ def test_hang_accepts_requests_that_never_progress(replica):
             list(resp.iter_lines())
     assert r.engine.stats().generation_tokens_total == 0
     assert httpx.get(url + "/health").status_code == 200  # a wedged engine still says ok
+
+
+def test_an_engine_failure_fails_requests_and_health_instead_of_hanging(replica, spans):
+    r, url = replica
+
+    idle_step = r.engine.step
+
+    def broken(now_s, **kw):
+        if r.engine.has_work():  # fails on the first real iteration
+            raise RuntimeError("model bug")
+        return idle_step(now_s, **kw)
+
+    r.engine.step = broken
+    resp = httpx.post(url + "/v1/completions", json={"model": MODEL, "prompt": "x"}, timeout=30)
+    assert resp.status_code == 500
+    assert resp.json()["error"]["message"] == "engine failed"
+    assert httpx.get(url + "/health").status_code == 503
+    [span] = spans.get_finished_spans()
+    assert span.attributes["error.type"] == "engine_error"
+    again = httpx.post(url + "/v1/completions", json={"model": MODEL, "prompt": "x"})
+    assert again.status_code == 503
 
 
 def test_crash_fault_calls_the_crash_hook(replica, crashed):
