@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from collector.gpu_metrics import AgentServer
+from collector.gpu_sim import SimulatedGpus
 from tests.conftest import ServeProcess, start_serve, stop_serve
 from tests.fakes.metrics_server import closed_port, fixture, metrics_server
 
@@ -58,76 +60,84 @@ def until(sp: ServeProcess, cond, timeout=60.0) -> dict[str, dict]:
 
 
 def test_serve_scrapes_into_the_store_and_reports_slow_and_dead_targets_down(tmp_path: Path):
-    with metrics_server() as srv:
-        hang = threading.Event()
-        good = srv.serve("/vllm", fixture("vllm.txt"))
-        dcgm = srv.serve("/dcgm", fixture("dcgm.txt"))
-        slow = srv.serve("/slow", fixture("sglang.txt"), hang=hang)
-        srv.serve("/metrics", fixture("tgi.txt"))
-        dead = f"http://127.0.0.1:{closed_port()}/metrics"
-        sd = tmp_path / "targets.json"
-        sd.write_text(
-            json.dumps(
-                [
-                    {
-                        "targets": [f"127.0.0.1:{srv.port}"],
-                        "labels": {
-                            "kind": "tgi",
-                            "pool": "chat",
-                            "replica": "r-tgi",
-                            "model": "meta-llama/Llama-3.1-8B-Instruct",
-                        },
-                    }
-                ]
+    agent = AgentServer(SimulatedGpus(2), node="sim-node", interval_s=0.2, port=0)
+    agent.start()
+    try:
+        with metrics_server() as srv:
+            hang = threading.Event()
+            good = srv.serve("/vllm", fixture("vllm.txt"))
+            dcgm = srv.serve("/dcgm", fixture("dcgm.txt"))
+            slow = srv.serve("/slow", fixture("sglang.txt"), hang=hang)
+            srv.serve("/metrics", fixture("tgi.txt"))
+            dead = f"http://127.0.0.1:{closed_port()}/metrics"
+            sd = tmp_path / "targets.json"
+            sd.write_text(
+                json.dumps(
+                    [
+                        {
+                            "targets": [f"127.0.0.1:{srv.port}"],
+                            "labels": {
+                                "kind": "tgi",
+                                "pool": "chat",
+                                "replica": "r-tgi",
+                                "model": "meta-llama/Llama-3.1-8B-Instruct",
+                            },
+                        }
+                    ]
+                )
             )
-        )
-        cfg = tmp_path / "governor.yaml"
-        cfg.write_text(f"""
-scrape:
-  interval_s: {INTERVAL_S}
-  timeout_s: {TIMEOUT_S}
-  concurrency: 4
-  file_sd: [targets.json]
-  targets:
-    - {{url: "{good}", kind: vllm, pool: chat, replica: r-good}}
-    - {{url: "{slow}", kind: sglang, pool: chat, replica: r-slow}}
-    - {{url: "{dead}", kind: vllm, pool: chat, replica: r-dead}}
-    - {{url: "{dcgm}", kind: dcgm, pool: chat}}
-""")
-        sp = start_serve(tmp_path, config=cfg)
-        try:
-            ts = until(sp, lambda ts: ts.get("r-slow", {}).get("health") == "down")
-            # While the slow target used up its whole timeout, the others were scraped on
-            # their own schedule (every 0.25 s), not once per slow round.
-            good_hits = srv.routes["/vllm"].hits
-            assert good_hits >= 3, good_hits
-            assert ts["r-slow"]["last_error"] == f"timeout after {TIMEOUT_S:g}s"
-            ts = until(
-                sp,
-                lambda ts: all(
-                    ts.get(k, {}).get("health") in ("up", "down")
-                    for k in ("r-good", "r-dead", "r-tgi", dcgm)
-                ),
-            )
-            assert ts["r-good"]["health"] == "up" and ts["r-good"]["last_error"] == ""
-            assert ts["r-good"]["last_success"].endswith("Z")
-            assert ts["r-tgi"]["health"] == "up" and ts["r-tgi"]["source"] == str(sd)
-            assert ts[dcgm]["health"] == "up" and ts[dcgm]["rows"] == 2
-            assert ts["r-dead"]["health"] == "down"
-            assert "conn" in ts["r-dead"]["last_error"].lower()
-            chat = httpx.get(
-                f"{sp.url}/api/v1/targets", params={"pool": "nope"}, headers=sp.headers()
-            ).json()
-            assert chat["count"] == 0
-            assert httpx.get(f"{sp.url}/api/v1/targets").status_code == 401
-            metrics = httpx.get(f"{sp.url}/metrics").text
-            assert 'governor_scrape_target_up{kind="vllm",pool="chat",replica="r-good"' in metrics
-            health = httpx.get(f"{sp.url}/healthz").json()["components"]["scrape"]
-            assert health["running"] and health["down"] >= 2
-            time.sleep(INTERVAL_S * 4)  # a few more rounds so rows accumulate
-        finally:
-            hang.set()
-            stop_serve(sp)
+            cfg = tmp_path / "governor.yaml"
+            cfg.write_text(f"""
+    scrape:
+      interval_s: {INTERVAL_S}
+      timeout_s: {TIMEOUT_S}
+      concurrency: 4
+      file_sd: [targets.json]
+      targets:
+        - {{url: "{good}", kind: vllm, pool: chat, replica: r-good}}
+        - {{url: "{slow}", kind: sglang, pool: chat, replica: r-slow}}
+        - {{url: "{dead}", kind: vllm, pool: chat, replica: r-dead}}
+        - {{url: "{dcgm}", kind: dcgm, pool: chat}}
+        - {{url: "{agent.url}", kind: agent, pool: chat}}
+    """)
+            sp = start_serve(tmp_path, config=cfg)
+            try:
+                ts = until(sp, lambda ts: ts.get("r-slow", {}).get("health") == "down")
+                # While the slow target used up its whole timeout, the others were scraped on
+                # their own schedule (every 0.25 s), not once per slow round.
+                good_hits = srv.routes["/vllm"].hits
+                assert good_hits >= 3, good_hits
+                assert ts["r-slow"]["last_error"] == f"timeout after {TIMEOUT_S:g}s"
+                ts = until(
+                    sp,
+                    lambda ts: all(
+                        ts.get(k, {}).get("health") in ("up", "down")
+                        for k in ("r-good", "r-dead", "r-tgi", dcgm)
+                    ),
+                )
+                assert ts["r-good"]["health"] == "up" and ts["r-good"]["last_error"] == ""
+                assert ts["r-good"]["last_success"].endswith("Z")
+                assert ts["r-tgi"]["health"] == "up" and ts["r-tgi"]["source"] == str(sd)
+                assert ts[dcgm]["health"] == "up" and ts[dcgm]["rows"] == 2
+                assert ts["r-dead"]["health"] == "down"
+                assert "conn" in ts["r-dead"]["last_error"].lower()
+                chat = httpx.get(
+                    f"{sp.url}/api/v1/targets", params={"pool": "nope"}, headers=sp.headers()
+                ).json()
+                assert chat["count"] == 0
+                assert httpx.get(f"{sp.url}/api/v1/targets").status_code == 401
+                metrics = httpx.get(f"{sp.url}/metrics").text
+                assert (
+                    'governor_scrape_target_up{kind="vllm",pool="chat",replica="r-good"' in metrics
+                )
+                health = httpx.get(f"{sp.url}/healthz").json()["components"]["scrape"]
+                assert health["running"] and health["down"] >= 2
+                time.sleep(INTERVAL_S * 4)  # a few more rounds so rows accumulate
+            finally:
+                hang.set()
+                stop_serve(sp)
+    finally:
+        agent.stop()
     assert sp.proc.returncode == 0, sp.output()
     data_dir = next(tmp_path.glob("data-*"))
     out = subprocess.run(
@@ -144,8 +154,11 @@ scrape:
     assert reps[("r-tgi", True)]["engine"] == "tgi"
     assert ("r-dead", False) in reps and ("r-dead", True) not in reps
     assert ("r-slow", False) in reps
-    gpus = {g["gpu"]: g for g in got["gpus"]}
+    gpus = {g["gpu"]: g for g in got["gpus"] if g["source"] == "dcgm"}
     assert sorted(gpus) == [0, 1]
+    sim = [g for g in got["gpus"] if g["source"] == "sim"]
+    assert sorted(g["gpu"] for g in sim) == [0, 1]
+    assert {g["node"] for g in sim} == {"sim-node"} and all(g["n"] >= 1 for g in sim)
     assert gpus[0]["source"] == "dcgm" and gpus[0]["node"] == "6d6d7dc3ce21"
     assert gpus[0]["replica"] == "llama-8b-6f9c7d5b8-x2kqp"
     assert abs(gpus[0]["power"] - 386.214) < 0.01
