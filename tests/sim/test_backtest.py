@@ -195,3 +195,28 @@ def test_cli_text_report_and_errors(capsys):
     assert "--since and --until" in capsys.readouterr().err
     assert main(["backtest", "--profile", "conv", "--duration", "30", "--policy", "x"]) == 1
     assert "unknown policy" in capsys.readouterr().err
+
+
+@dataclass
+class _Limit:
+    name: str = "limit"
+    interval_s: float = 30.0
+    window_s: float = 60.0
+
+    def decide(self, signals: PoolSignals) -> Decision:
+        from controlplane.fleet.base import AdmissionLimit
+
+        return Decision(admission_limits=(AdmissionLimit(tenant="batch", requests_per_s=1.0),))
+
+
+@register_policy("test-limit")
+def _limit() -> _Limit:
+    return _Limit()
+
+
+def test_admission_limits_from_the_policy_reject_only_the_limited_tenant():
+    arrivals = [Arrival(i / 10, 100, 5, "batch" if i % 2 else "chat") for i in range(600)]
+    r = run_backtest(arrivals, BacktestConfig(policy="test-limit", replicas=1))
+    # 5 batch req/s offered against a 1 req/s bucket (1 s burst): about 4 in 5 rejected.
+    assert r.rejected == pytest.approx(240, abs=15)
+    assert r.completed == r.requests - r.rejected
