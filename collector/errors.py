@@ -7,9 +7,13 @@
     │   └── PayloadTooLarge      the body (after decompression) exceeds the size limit
     ├── WriterError              the writer was misconfigured or misused
     │   └── SpoolError           the spool directory or a spool record is unusable
-    └── PricingError             a price table or pool pricing is invalid
+    ├── PricingError             a price table or pool pricing is invalid
+    ├── ScrapeError              a target could not be scraped (fetch, status, body)
+    │   ├── ScrapeParseError     the body is not Prometheus text / OpenMetrics
+    │   └── DiscoveryError       a file_sd file is unreadable or malformed
+    └── NvmlUnavailable          NVML cannot be initialised (no driver or library)
 
-Adapters translate third-party exceptions (protobuf, json, gzip) into these with
+Adapters translate third-party exceptions (protobuf, json, gzip, httpx, pynvml) into these with
 ``raise ... from exc``. Other collector modules add their own subclasses here.
 """
 
@@ -46,3 +50,19 @@ class SpoolError(WriterError):
 
 class PricingError(CollectorError, ValueError):
     """A price entry or pool price is invalid; the message names the entry."""
+
+
+class ScrapeError(CollectorError):
+    """A target could not be scraped: fetch failed, bad status, or unparsable body."""
+
+
+class ScrapeParseError(ScrapeError, ValueError):
+    """The body is not valid Prometheus text / OpenMetrics; the message says where."""
+
+
+class DiscoveryError(ScrapeError, ValueError):
+    """A file_sd file is unreadable or not in the expected shape; names file and problem."""
+
+
+class NvmlUnavailable(CollectorError):
+    """NVML could not be initialised (no driver, no library); carries the NVML error name."""

@@ -19,14 +19,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from collector.errors import CollectorError
+from collector.errors import NvmlUnavailable
 from collector.records import GpuSample
 
 log = logging.getLogger(__name__)
-
-
-class NvmlUnavailable(CollectorError):
-    """NVML could not be initialised (no driver, no library); carries the NVML error name."""
 
 
 @dataclass(frozen=True, slots=True)

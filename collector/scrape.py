@@ -24,9 +24,10 @@ from typing import Any, Protocol
 
 import httpx
 
+from collector.errors import ScrapeError
 from collector.records import ReplicaSample, Sink
 from collector.scrape_adapters import adapter_for
-from collector.scrape_parse import ACCEPT, ScrapeError, parse
+from collector.scrape_parse import ACCEPT, parse
 from collector.scrape_rates import CounterRates
 from collector.scrape_targets import ENGINE_KINDS, FileDiscovery, Target, merge
 

@@ -16,7 +16,7 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families as text_families
 
-from collector.errors import CollectorError
+from collector.errors import ScrapeError, ScrapeParseError
 
 OPENMETRICS_TYPE = "application/openmetrics-text"
 # What the scraper asks for: the classic text format first. Recent prometheus-client
@@ -27,13 +27,7 @@ OPENMETRICS_TYPE = "application/openmetrics-text"
 ACCEPT = "text/plain;version=0.0.4;q=1.0,application/openmetrics-text;version=1.0.0;q=0.5,*/*;q=0.1"
 
 
-class ScrapeError(CollectorError):
-    """A target could not be scraped: fetch failed, bad status, or unparsable body."""
-
-
-class ScrapeParseError(ScrapeError, ValueError):
-    """The body is not valid Prometheus text / OpenMetrics; the message says where."""
-
+__all__ = ["ScrapeError", "ScrapeParseError", "Samples", "Series", "parse", "is_openmetrics"]
 
 Labels = Mapping[str, str]
 

@@ -21,16 +21,12 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from collector.scrape_parse import ScrapeError
+from collector.errors import DiscoveryError
 
 log = logging.getLogger(__name__)
 
 KINDS = ("vllm", "sglang", "tgi", "triton", "dcgm", "agent")
 ENGINE_KINDS = ("vllm", "sglang", "tgi", "triton")
-
-
-class DiscoveryError(ScrapeError, ValueError):
-    """A file_sd file is unreadable or not in the expected shape; names file and problem."""
 
 
 @dataclass(frozen=True, slots=True)
