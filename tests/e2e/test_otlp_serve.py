@@ -24,6 +24,9 @@ from opentelemetry.trace import SpanKind
 
 from tests.conftest import ServeProcess, start_serve, stop_serve
 
+# Each test starts a `governor serve` process (store open and migration included).
+pytestmark = pytest.mark.slow
+
 CONFIG = """
 pools:
   - name: chat-8b
