@@ -44,7 +44,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from collector.gpu import GpuSource, NvmlSource, NvmlUnavailable, default_node
+    from collector.errors import NvmlUnavailable
+    from collector.gpu import GpuSource, NvmlSource, default_node
     from collector.gpu_metrics import AgentServer
     from collector.gpu_sim import SimulatedGpus
 

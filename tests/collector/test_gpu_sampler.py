@@ -7,7 +7,8 @@ import threading
 import pynvml
 import pytest
 
-from collector.gpu import NvmlSampler, NvmlSource, NvmlUnavailable, XidWatcher
+from collector.errors import NvmlUnavailable
+from collector.gpu import NvmlSampler, NvmlSource, XidWatcher
 from tests.fakes.pynvml_fake import MIB, FakeMig, FakeNvml, h100, h100_idle
 
 

@@ -8,8 +8,9 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 
+from collector.errors import ScrapeParseError
 from collector.scrape_adapters import adapter_for, dcgm_value
-from collector.scrape_parse import ScrapeParseError, parse
+from collector.scrape_parse import parse
 from collector.scrape_rates import CounterRates
 from collector.scrape_targets import Target
 from tests.fakes.metrics_server import OPENMETRICS, fixture
