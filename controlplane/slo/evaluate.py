@@ -31,7 +31,7 @@ from controlplane.slo.burn import (
     time_to_exhaustion,
 )
 from controlplane.slo.rules import signals_for
-from controlplane.slo.sli import window_counts
+from controlplane.slo.sli import HourCache, window_counts
 from controlplane.slo.spec import SLO
 from controlplane.slo.windows import format_duration
 from controlplane.store.base import Store
@@ -84,14 +84,14 @@ class Evaluation:
     def row(self) -> tuple[Any, ...]:
         return (
             utc(self.evaluated_at), self.slo, self.pool, self.state, self.sli, self.good,
-            self.total, self.objective, self.budget_remaining,
-            # The store's row conversion types Map values as text; ClickHouse casts them back.
-            {k: repr(v) for k, v in self.burn_rates.items()},
+            self.total, self.objective, self.budget_remaining, self.burn_rates,
             json.dumps(self.detail()),
         )  # fmt: skip
 
 
-def evaluate_slo(store: Store, slo: SLO, now: float) -> Evaluation:
+def evaluate_slo(
+    store: Store, slo: SLO, now: float, cache: HourCache | None = None
+) -> Evaluation:
     """Evaluate one SLO at ``now`` (reads the store; everything else is pure)."""
     al = slo.alerting
     until = floor_minute(utc(now - al.offset_s))
@@ -102,7 +102,7 @@ def evaluate_slo(store: Store, slo: SLO, now: float) -> Evaluation:
             sinces[format_duration(secs)] = until - timedelta(seconds=secs)
     if al.no_data_after_s:
         sinces[_NO_DATA] = until - timedelta(seconds=al.no_data_after_s)
-    counts = window_counts(store, slo, until, sinces)
+    counts = window_counts(store, slo, until, sinces, cache)
     by_secs = {t_s: counts[format_duration(t_s)] for t in al.tiers for t_s in (t.long_s, t.short_s)}
     states = tier_states(al.tiers, by_secs, slo.objective, al.min_events)
     shown = tuple(suppress_slower(states))
@@ -155,6 +155,7 @@ class Evaluator:
         self._pending: deque[tuple[Any, ...]] = deque(maxlen=max_pending_rows)
         self._lock = threading.Lock()
         self.latest: dict[str, Evaluation] = {}
+        self.hours = HourCache()
         self.cycles = 0
         self.last_error = ""
 
@@ -169,7 +170,7 @@ class Evaluator:
             signals: list[AlertSignal] = []
             for slo in self.slos.values():
                 try:
-                    ev = evaluate_slo(self.store, slo, now)
+                    ev = evaluate_slo(self.store, slo, now, self.hours)
                 except GovernorError as exc:
                     log.warning("evaluating SLO %s failed: %s", slo.name, exc)
                     ev = Evaluation(slo.name, slo.selector.pool, now, utc(now), "error",

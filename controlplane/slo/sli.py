@@ -3,7 +3,8 @@
 All SLI SQL lives here. Request SLIs read only the rollups (``requests_1h`` for whole
 hours, ``requests_1m`` for the minutes at the edges), never the raw ``requests`` table:
 a 28-day window costs ~700 hourly rows per series. Every window ``[since_i, until)`` of
-one SLO is answered by the same scan with conditional sums, so one SLO is one query.
+one SLO is answered by the same scan with conditional sums, and the whole hours are
+cached until the hour turns, so one SLO is one small query per cycle.
 
 Gauge SLIs count good minutes (time slices) over ``gpu_samples``/``replica_samples``:
 a slice is good when the share of samples meeting the condition is >= the slice target.
@@ -58,39 +59,99 @@ def latency_threshold_exact(threshold_s: float) -> bool:
     return round_up_2sig(t_us) == t_us
 
 
-def _occurrences(
-    store: Store, slo: SLO, until: datetime, sinces: list[datetime]
-) -> list[Counts]:
-    good, total, params = row_exprs(slo)
-    tm = until.replace(minute=0, second=0, microsecond=0)
-    params |= {"pool": slo.selector.pool, "model": slo.selector.model,
-               "tenant": slo.selector.tenant, "until": until, "tm": tm}  # fmt: skip
-    aggs, ranges, hour_starts = [], [], []
-    for i, s in enumerate(sinces):
-        h = _ceil_hour(s)
-        params[f"s{i}"], params[f"h{i}"] = s, h
-        si, hi = f"{{s{i}:DateTime('UTC')}}", f"{{h{i}:DateTime('UTC')}}"
-        if h < tm:  # whole hours in the middle come from requests_1h
-            hour_starts.append(h)
-            cond = (f"(hourly = 1 AND t >= {hi}) OR "
-                    f"(hourly = 0 AND t >= {si} AND (t < {hi} OR t >= {{tm:DateTime('UTC')}}))")
-            ranges.append(f"(minute >= {si} AND minute < {hi})")
+class HourCache:
+    """Whole-hour sums per (SLO, first hour, last hour): they change only when the hour
+    turns, so a 28-day window re-reads ~700 hourly rows per series once an hour instead
+    of every cycle. Rows arriving for an hour already cached (later than the evaluation
+    offset allows) are counted when the hour turns and the entry is recomputed."""
+
+    def __init__(self) -> None:
+        self._sums: dict[tuple[SLO, datetime, datetime], Counts] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, slo: SLO, h: datetime, tm: datetime) -> Counts | None:
+        c = self._sums.get((slo, h, tm))
+        if c is None:
+            self.misses += 1
         else:
-            cond = f"hourly = 0 AND t >= {si}"
-            ranges.append(f"minute >= {si}")
-        aggs.append(f"sumIf(g, {cond}) AS g{i}, sumIf(n, {cond}) AS n{i}")
-    ranges.append("minute >= {tm:DateTime('UTC')}")
-    params["hlo"] = min(hour_starts) if hour_starts else tm
+            self.hits += 1
+        return c
+
+    def put(self, slo: SLO, h: datetime, tm: datetime, c: Counts) -> None:
+        # Entries of an earlier hour can never be asked for again: drop them.
+        stale = [k for k in self._sums if k[2] != tm]
+        for k in stale:
+            del self._sums[k]
+        self._sums[(slo, h, tm)] = c
+
+
+def _hours(store: Store, slo: SLO, tm: datetime, starts: list[datetime]) -> list[Counts]:
+    """Sums of ``requests_1h`` over ``[h, tm)`` for each ``h`` in ``starts``, one query."""
+    good, total, params = row_exprs(slo)
+    params |= {"pool": slo.selector.pool, "model": slo.selector.model,
+               "tenant": slo.selector.tenant, "tm": tm, "hlo": min(starts)}  # fmt: skip
+    aggs = []
+    for i, h in enumerate(starts):
+        params[f"h{i}"] = h
+        cond = f"hour >= {{h{i}:DateTime('UTC')}}"
+        aggs.append(f"sumIf(g, {cond}), sumIf(n, {cond})")
     sql = f"""
 SELECT {", ".join(aggs)} FROM (
-    SELECT 1 AS hourly, hour AS t, {good} AS g, {total} AS n FROM requests_1h
+    SELECT hour, {good} AS g, {total} AS n FROM requests_1h
     WHERE {_SEL} AND hour >= {{hlo:DateTime('UTC')}} AND hour < {{tm:DateTime('UTC')}}
-    UNION ALL
-    SELECT 0 AS hourly, minute AS t, {good} AS g, {total} AS n FROM requests_1m
+)"""
+    row = store.query(sql, params).rows[0]
+    return [Counts(int(row[2 * i] or 0), int(row[2 * i + 1] or 0)) for i in range(len(starts))]
+
+
+def _occurrences(
+    store: Store, slo: SLO, until: datetime, sinces: list[datetime], cache: HourCache | None
+) -> list[Counts]:
+    """Each window ``[s, until)`` = whole hours ``[h, tm)`` from ``requests_1h`` (h = s
+    rounded up to the hour, tm = until rounded down) + the minutes at both edges."""
+    tm = until.replace(minute=0, second=0, microsecond=0)
+    hour_of = [_ceil_hour(s) for s in sinces]
+    hourly: dict[datetime, Counts] = {}
+    missing = []
+    for h in sorted({h for h in hour_of if h < tm}):
+        c = cache.get(slo, h, tm) if cache is not None else None
+        if c is None:
+            missing.append(h)
+        else:
+            hourly[h] = c
+    if missing:
+        for h, c in zip(missing, _hours(store, slo, tm, missing), strict=True):
+            hourly[h] = c
+            if cache is not None:
+                cache.put(slo, h, tm, c)
+    good, total, params = row_exprs(slo)
+    params |= {"pool": slo.selector.pool, "model": slo.selector.model,
+               "tenant": slo.selector.tenant, "until": until, "tm": tm}  # fmt: skip
+    aggs, ranges = [], ["minute >= {tm:DateTime('UTC')}"]
+    for i, (s, h) in enumerate(zip(sinces, hour_of, strict=True)):
+        params[f"s{i}"], params[f"h{i}"] = s, h
+        si, hi = f"{{s{i}:DateTime('UTC')}}", f"{{h{i}:DateTime('UTC')}}"
+        if h < tm:  # only the edges: [s, h) and [tm, until)
+            cond = f"minute >= {si} AND (minute < {hi} OR minute >= {{tm:DateTime('UTC')}})"
+            ranges.append(f"(minute >= {si} AND minute < {hi})")
+        else:
+            cond = f"minute >= {si}"
+            ranges.append(cond)
+        aggs.append(f"sumIf(g, {cond}), sumIf(n, {cond})")
+    sql = f"""
+SELECT {", ".join(aggs)} FROM (
+    SELECT minute, {good} AS g, {total} AS n FROM requests_1m
     WHERE {_SEL} AND minute < {{until:DateTime('UTC')}} AND ({" OR ".join(ranges)})
 )"""
     row = store.query(sql, params).rows[0]
-    return [Counts(int(row[2 * i] or 0), int(row[2 * i + 1] or 0)) for i in range(len(sinces))]
+    out = []
+    for i, h in enumerate(hour_of):
+        c = Counts(int(row[2 * i] or 0), int(row[2 * i + 1] or 0))
+        if h < tm:
+            c = Counts(c.good + hourly[h].good, c.total + hourly[h].total)
+        out.append(c)
+    return out
 
 
 def _slice_aggs(sinces: list[datetime], params: dict[str, Any]) -> str:
@@ -146,7 +207,11 @@ def _timeslices(
 
 
 def window_counts(
-    store: Store, slo: SLO, until: datetime, sinces: Mapping[str, datetime]
+    store: Store,
+    slo: SLO,
+    until: datetime,
+    sinces: Mapping[str, datetime],
+    cache: HourCache | None = None,
 ) -> dict[str, Counts]:
     """Counts over ``[since, until)`` for each named window, minute-aligned, one query."""
     until = floor_minute(until)
@@ -155,5 +220,5 @@ def window_counts(
     if slo.budgeting.method == "timeslices" or slo.sli.kind == "gauge":
         counts = _timeslices(store, slo, until, starts)
     else:
-        counts = _occurrences(store, slo, until, starts)
+        counts = _occurrences(store, slo, until, starts, cache)
     return dict(zip(keys, counts, strict=True))

@@ -157,7 +157,7 @@ class SloIn(_In):
     description: str = ""
     selector: SelectorIn = SelectorIn()
     sli: SliIn
-    objective: float = Field(gt=0, lt=100)
+    objective: float = Field(gt=0, le=100)
     window: str | CalendarIn = "28d"
     budgeting: Literal["occurrences", "timeslices"] | BudgetingIn = "occurrences"
     alerting: AlertingIn = AlertingIn()
