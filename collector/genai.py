@@ -212,7 +212,12 @@ def map_span(
         attributes=kept,
     )
     # Configured prices win; a cost the producer reported fills in where none applies.
-    cost = float(pricer.request_cost(record)) if pricer is not None else 0.0
+    cost = 0.0
+    if pricer is not None:
+        try:
+            cost = float(pricer.request_cost(record))
+        except Exception as exc:  # a pricing fault must not lose the request row
+            kept["governor.cost_error"] = f"{type(exc).__name__}: {exc}"
     if cost == 0.0:
         cost = _number(attrs, USAGE_COST) or 0.0
     return replace(record, cost_usd=cost) if cost else record

@@ -247,3 +247,14 @@ def test_cheap_check_looks_only_at_name_and_marker_keys():
     assert is_llm_span("x", {"gen_ai.system": "openai"})
     assert is_llm_span("x", {"gen_ai.latency.e2e": 1.0})
     assert not is_llm_span("x", {"gen_ai.request.model": "m"})
+
+
+class BrokenPricer:
+    def request_cost(self, record: RequestRecord) -> float:
+        raise KeyError("no price table")
+
+
+def test_a_failing_pricer_keeps_the_row_and_says_why_it_has_no_cost():
+    record = map_span(view(attrs={"gen_ai.operation.name": "chat"}), pricer=BrokenPricer())
+    assert record is not None and record.cost_usd == 0.0
+    assert record.attributes["governor.cost_error"] == "KeyError: 'no price table'"
