@@ -120,6 +120,6 @@ def to_arrow(
         typ = arrow_type(types[name])
         try:
             arrays.append(pa.array([_convert(r[i], typ) for r in rows], type=typ))
-        except (pa.ArrowException, ValueError, TypeError) as exc:
+        except (pa.ArrowException, ValueError, TypeError, ArithmeticError) as exc:
             raise QueryError(f"column {name!r}: cannot convert value: {exc}") from exc
     return pa.Table.from_arrays(arrays, names=list(columns))
