@@ -215,7 +215,13 @@ def _room(ctx: AppContext, sink: Sink) -> Callable[[], int] | None:
     return lambda: limit - int(stats().queued)
 
 
-def _writer(ctx: AppContext) -> Sink:
+def shared_writer(ctx: AppContext) -> Sink:
+    """The process's one store writer: ``ctx.services["writer"]``, created on first use.
+
+    Every integration that produces rows should call this, so there is one queue, one
+    spool and one insert stream per table. The writer is added as a component at creation,
+    so it starts before and stops after the producers added later.
+    """
     existing: Sink | None = ctx.services.get(WRITER_SERVICE)
     if existing is not None:
         return existing
@@ -228,10 +234,13 @@ def _writer(ctx: AppContext) -> Sink:
     return writer
 
 
+_writer = shared_writer  # the name controlplane.scraping imported first
+
+
 @register_builder
 def build_otlp_ingest(ctx: AppContext) -> None:
     cfg = ctx.config
-    writer = _writer(ctx)
+    writer = shared_writer(ctx)
     ctx.services[SERVICE] = OtlpIngest(
         writer,
         mapping=mapping_from_config(cfg),
@@ -245,4 +254,5 @@ def build_otlp_ingest(ctx: AppContext) -> None:
 
 __all__ = [
     "IngestOverloaded", "IngestResult", "OtlpIngest", "build_otlp_ingest", "mapping_from_config",
+    "shared_writer",
 ]
