@@ -100,11 +100,14 @@ def _convert(value: Any, typ: pa.DataType) -> Any:
         kt, vt = typ.key_type, typ.item_type
         return [(_convert(k, kt), _convert(v, vt)) for k, v in items]
     if pa.types.is_decimal(typ):
-        if isinstance(value, float):
-            value = Decimal(repr(value))  # the shortest decimal that is this float
-        elif not isinstance(value, Decimal):
-            value = Decimal(value)
-        return value.quantize(Decimal(1).scaleb(-typ.scale), rounding=ROUND_HALF_EVEN)
+        try:
+            if isinstance(value, float):
+                value = Decimal(repr(value))  # the shortest decimal that is this float
+            elif not isinstance(value, Decimal):
+                value = Decimal(value)
+            return value.quantize(Decimal(1).scaleb(-typ.scale), rounding=ROUND_HALF_EVEN)
+        except (ArithmeticError, TypeError):
+            raise ValueError(f"{value!r} is not a finite decimal number") from None
     if isinstance(value, Decimal):
         return float(value)
     return value
