@@ -22,6 +22,7 @@ state vs during replay.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import tempfile
@@ -94,24 +95,25 @@ class _Blackhole:
         pass
 
 
-def emit_cost(n: int = 200_000, chunk: int = 100) -> tuple[float, float]:
-    """ns per record: ``Writer.emit`` (worker draining into a no-op target) beside
-    ``ListSink.emit`` (a bare list extend), same records, same chunks."""
+def emit_cost(n: int = 200_000, chunk: int = 100) -> tuple[float, float, float]:
+    """ns per record, same records in the same chunks: ``Writer.emit`` alone (worker not
+    started: the enqueue itself), ``Writer.emit`` while its worker drains into a no-op
+    target (shares the GIL with batching), and ``ListSink.emit`` (a bare list extend)."""
     from collector.records import ListSink
 
     rng = random.Random(3)
     chunks = [[make_record(i + k, rng) for k in range(chunk)] for i in range(0, n, chunk)]
-    writer = Writer(_Blackhole(), queue_max=n + 1)
-    writer.start()
-    sink = ListSink()
+    idle = Writer(_Blackhole(), queue_max=n + 1)
+    busy = Writer(_Blackhole(), queue_max=n + 1)
+    busy.start()
     out = []
-    for target in (writer, sink):
+    for target in (idle, busy, ListSink()):
         t = time.perf_counter()
         for c in chunks:
             target.emit(c)
         out.append((time.perf_counter() - t) / n * 1e9)
-    writer.stop(30)
-    return out[0], out[1]
+    busy.stop(30)
+    return out[0], out[1], out[2]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -180,6 +182,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rate": args.rate,
         "outage_s": args.outage,
         "produced": produced,
+        "achieved_rate": produced / (t_end - t_start),
         "stored": int(total),
         "distinct": int(distinct),
         "lost": produced - int(distinct) - dropped,
@@ -208,17 +211,22 @@ def main() -> None:
     p.add_argument("--ack-loss", type=int, default=1, help="inserts whose success is lost")
     p.add_argument("--backoff-max", type=float, default=5.0, help="writer backoff cap, s")
     p.add_argument("--data-dir", default=None, help="directory for chDB and the spool")
-    w_ns, l_ns = emit_cost()
-    print(f"emit: Writer {w_ns:.0f} ns/record, ListSink {l_ns:.0f} ns/record "
-          f"(ratio {w_ns / l_ns:.2f})")  # fmt: skip
+    load = os.getloadavg()[0]
+    print(f"machine: {os.cpu_count()} cores, 1-min load average {load:.1f} at start")
+    w_ns, b_ns, l_ns = emit_cost()
+    print(f"emit ns/record: Writer enqueue {w_ns:.0f}, Writer with worker draining "
+          f"{b_ns:.0f}, ListSink {l_ns:.0f} "
+          f"(ratios {w_ns / l_ns:.2f}, {b_ns / l_ns:.2f})")  # fmt: skip
     r = run(p.parse_args())
-    print(f"offered {r['rate']:.0f} records/s; store down {r['outage_s']:.0f} s")
+    print(f"offered {r['rate']:.0f} records/s (achieved {r['achieved_rate']:.0f}); "
+          f"store down {r['outage_s']:.0f} s")  # fmt: skip
     print(f"produced {r['produced']}  stored {r['stored']}  distinct {r['distinct']}")
     print(f"lost {r['lost']}  duplicated {r['duplicated']}  counted drops {r['dropped_counted']}")
     print(f"spool peak {r['spool_peak_bytes'] / 1e6:.2f} MB in {r['spool_peak_batches']} batches")
     ratio = r["replay_rows_per_s"] / r["rate"]
     print(f"replay {r['replay_s']:.1f} s = {r['replay_rows_per_s']:.0f} rows/s "
           f"({ratio:.1f}x the offered rate)")  # fmt: skip
+    print(f"load average at end {os.getloadavg()[0]:.1f}")
     print(f"first insert {r['first_insert_after_s']:.1f} s after recovery (backoff); "
           f"ack-loss retries {r['ack_loss']}")  # fmt: skip
     print(f"insert p50 ms: outside the outage {_ms(r['steady_insert_p50_ms'])}, during replay "
