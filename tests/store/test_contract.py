@@ -288,3 +288,24 @@ def test_sql_text_is_never_formatted_client_side(shared_store: Store) -> None:
     # A literal % with parameters the SQL does not use must reach the engine untouched.
     res = shared_store.query("SELECT 'a%s %(p)s %' AS x", {"p": "unused"})
     assert res.rows == [("a%s %(p)s %",)]
+
+
+@pytest.mark.parametrize(
+    ("column", "bad"),
+    [
+        pytest.param("cost_usd", "twelve", id="a cost that is not a number"),
+        pytest.param("input_tokens", -5, id="a negative token count"),
+        pytest.param("trace_id", "not-hex", id="a trace id that is not hex"),
+    ],
+)
+def test_a_bad_value_names_its_column_and_inserts_nothing(
+    shared_store: Store, column: str, bad: Any
+) -> None:
+    good = (BASE, 1, Decimal("0.5"), "ab" * 16)
+    row = list(good)
+    row[["ts", "input_tokens", "cost_usd", "trace_id"].index(column)] = bad
+    with pytest.raises(QueryError, match=column):
+        shared_store.insert_rows(
+            cv.REQUESTS, ["ts", "input_tokens", "cost_usd", "trace_id"], [good, tuple(row)]
+        )
+    assert shared_store.query("SELECT count() FROM requests").rows == [(0,)]
