@@ -175,6 +175,8 @@ class Writer:
         self._stopping = threading.Event()
         self._stop_deadline = 0.0
         self._thread: threading.Thread | None = None
+        self._drops_logged: dict[str, int] = {}
+        self._drops_logged_at = float("-inf")
         self._m.queued.set_function(lambda: len(self._queue))
 
     # -- Sink -----------------------------------------------------------------------
@@ -273,6 +275,7 @@ class Writer:
             while not self._stopping.is_set():
                 self._form_batches(force=self._flushers > 0)
                 progressed = self._deliver_one()
+                self._log_drops()
                 self._notify_idle()
                 if not progressed:
                     self._wake.wait(self._wait_time())
@@ -285,6 +288,20 @@ class Writer:
             if self._spool is not None:
                 self._spool.close()
             self._notify_idle()
+
+    def _log_drops(self) -> None:
+        # emit() must not log (hot path); the worker reports new drops, at most every 10 s.
+        now = self._clock.monotonic()
+        if now - self._drops_logged_at < 10.0:
+            return
+        with self._lock:
+            current = dict(self._dropped)
+        new = {k: v - self._drops_logged.get(k, 0) for k, v in current.items()}
+        new = {k: v for k, v in new.items() if v}
+        if new:
+            log.warning("writer: dropped records since last report: %s", new)
+            self._drops_logged = current
+            self._drops_logged_at = now
 
     def _wait_time(self) -> float:
         now = self._clock.monotonic()

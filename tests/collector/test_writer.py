@@ -308,7 +308,9 @@ def test_rows_the_store_rejects_are_dead_lettered_and_the_rest_of_the_batch_goes
     assert counts(store) == (108, 108)
 
 
-def test_emit_never_blocks_and_counts_drops_when_the_queue_is_full(store, make_writer, registry):
+def test_emit_never_blocks_and_counts_drops_when_the_queue_is_full(
+    store, make_writer, registry, caplog: pytest.LogCaptureFixture
+):
     target = FlakyTarget(store)
     target.gate = threading.Event()
     w = make_writer(target, batch_size=10, queue_max=50)
@@ -320,7 +322,10 @@ def test_emit_never_blocks_and_counts_drops_when_the_queue_is_full(store, make_w
         "governor_writer_dropped_records_total", {"reason": "queue_full"}
     ) == 50
     assert registry.get_sample_value("governor_writer_queued_records") == 50
-    target.gate.set()
+    with caplog.at_level(logging.WARNING, logger="collector.writer"):
+        target.gate.set()
+        assert w.flush(60)
+    assert "dropped records since last report: {'queue_full': 50}" in caplog.text
     assert w.flush(60)
     assert counts(store) == (60, 60)
 
