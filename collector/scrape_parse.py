@@ -19,12 +19,12 @@ from prometheus_client.parser import text_string_to_metric_families as text_fami
 from collector.errors import ScrapeError, ScrapeParseError
 
 OPENMETRICS_TYPE = "application/openmetrics-text"
-# What the scraper asks for: the classic text format first. Recent prometheus-client
-# releases escape ``:`` to ``_`` in OpenMetrics sample names (``vllm_num_requests_running``)
-# while keeping it in the text format, so text keeps engine names as documented. A body
-# that comes back as OpenMetrics anyway is parsed as such, and lookups accept the escaped
-# spelling too.
-ACCEPT = "text/plain;version=0.0.4;q=1.0,application/openmetrics-text;version=1.0.0;q=0.5,*/*;q=0.1"
+# What the scraper asks for: the classic text format only. prometheus-client servers
+# (vLLM, SGLang) switch to OpenMetrics whenever the Accept header mentions it, whatever its
+# q-value, and recent releases then escape ``:`` to ``_`` in sample names
+# (``vllm_num_requests_running``). A body that comes back as OpenMetrics anyway is parsed
+# as such, and lookups accept the escaped spelling too.
+ACCEPT = "text/plain;version=0.0.4;q=1.0,*/*;q=0.1"
 
 
 __all__ = ["ScrapeError", "ScrapeParseError", "Samples", "Series", "parse", "is_openmetrics"]

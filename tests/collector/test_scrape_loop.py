@@ -185,3 +185,43 @@ def os_mtime_bump(path, by=1):
 
     st = os.stat(path)
     os.utime(path, (st.st_atime + by, st.st_mtime + by))
+
+
+def test_prometheus_client_servers_answer_our_accept_header_with_the_text_format():
+    from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+    from prometheus_client.exposition import choose_encoder
+
+    from collector.scrape_parse import ACCEPT
+
+    # vLLM and SGLang serve /metrics with prometheus-client, which picks OpenMetrics (and
+    # escapes ':' in names) whenever the Accept header mentions it.
+    assert choose_encoder(ACCEPT)[1].startswith("text/plain")
+    reg = CollectorRegistry()
+    labels = ["model_name", "engine"]
+    running = Gauge(
+        "vllm:num_requests_running",
+        "Number of requests in model execution batches.",
+        labels,
+        registry=reg,
+    )
+    tokens = Counter(
+        "vllm:generation_tokens", "Number of generation tokens processed.", labels, registry=reg
+    )
+    running.labels("m", "0").set(9)
+    tokens.labels("m", "0").inc(1000)
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=reg)
+    try:
+        clock = ManualClock(1_763_500_000.0)
+        sink = ListSink()
+        url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+        scraper = Scraper(sink, targets=[Target(url, "vllm", "p", "r")], clock=clock)
+        scraper.scrape_once()
+        tokens.labels("m", "0").inc(500)
+        clock.advance(5)
+        scraper.scrape_once()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    first, second = sink.records
+    assert (first.running, first.model, second.generation_tokens_per_s) == (9.0, "m", 100.0)
