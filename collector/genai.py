@@ -149,20 +149,20 @@ def map_span(
         return None
     res = span.resource
 
-    span_s = max(span.end_ns - span.start_ns, 0) / 1e9
-    e2e_s = _seconds(attrs, LAT_E2E)
+    get = attrs.get
+    e2e_s = _num(get(LAT_E2E), LAT_E2E)
     if e2e_s is None:
-        e2e_s = span_s
-    ttft_s = _first_seconds(attrs, (LAT_TTFT, TIME_TO_FIRST_CHUNK, SERVER_TTFT))
-    queue_s = _seconds(attrs, LAT_QUEUE)
-    prefill_s = _seconds(attrs, LAT_PREFILL)
-    decode_s = _seconds(attrs, LAT_DECODE)
+        e2e_s = max(span.end_ns - span.start_ns, 0) / 1e9
+    ttft_s = _num(*_first(get, LAT_TTFT, TIME_TO_FIRST_CHUNK, SERVER_TTFT))
+    queue_s = _num(get(LAT_QUEUE), LAT_QUEUE)
+    prefill_s = _num(get(LAT_PREFILL), LAT_PREFILL)
+    decode_s = _num(get(LAT_DECODE), LAT_DECODE)
     if decode_s is None and ttft_s is not None and e2e_s >= ttft_s:
         decode_s = e2e_s - ttft_s
 
-    input_tokens = _first_count(attrs, (INPUT_TOKENS, PROMPT_TOKENS))
-    output_tokens = _first_count(attrs, (OUTPUT_TOKENS, COMPLETION_TOKENS))
-    cached_tokens = _first_count(attrs, (CACHE_READ, CACHE_READ_OLD))
+    input_tokens = _count(*_first(get, INPUT_TOKENS, PROMPT_TOKENS))
+    output_tokens = _count(*_first(get, OUTPUT_TOKENS, COMPLETION_TOKENS))
+    cached_tokens = _count(*_first(get, CACHE_READ, CACHE_READ_OLD))
 
     tpot_s = None
     if ttft_s is not None and output_tokens > 1 and e2e_s >= ttft_s:
@@ -256,8 +256,31 @@ def _finish_reason(value: Any) -> str:
     return str(value)
 
 
+def _first(get: Any, *keys: str) -> tuple[Any, str]:
+    """(value, key) of the first key present, or (None, last key)."""
+    for key in keys:
+        value = get(key)
+        if value is not None:
+            return value, key
+    return None, keys[-1]
+
+
+def _count(value: Any, key: str) -> int:
+    if value is None:
+        return 0
+    if type(value) is int and 0 <= value <= _UINT32_MAX:
+        return value
+    number = _checked_number(key, value)
+    if number != int(number):
+        raise SpanMappingError(f"{key}: expected a whole number of tokens, got {value!r}")
+    return min(int(number), _UINT32_MAX)
+
+
 def _number(attrs: Mapping[str, Any], key: str) -> float | None:
-    value = attrs.get(key)
+    return _num(attrs.get(key), key)
+
+
+def _num(value: Any, key: str) -> float | None:
     if value is None:
         return None
     kind = type(value)
@@ -287,30 +310,6 @@ def _checked_number(key: str, value: Any) -> float:
     if number < 0:
         raise SpanMappingError(f"{key}: must not be negative, got {value!r}")
     return number
-
-
-def _seconds(attrs: Mapping[str, Any], key: str) -> float | None:
-    return _number(attrs, key)
-
-
-
-def _first_seconds(attrs: Mapping[str, Any], keys: tuple[str, ...]) -> float | None:
-    for key in keys:
-        if key in attrs:
-            return _number(attrs, key)
-    return None
-
-
-def _first_count(attrs: Mapping[str, Any], keys: tuple[str, ...]) -> int:
-    for key in keys:
-        if key in attrs:
-            value = _number(attrs, key)
-            if value is None:
-                return 0
-            if value != int(value):
-                raise SpanMappingError(f"{key}: expected a whole number of tokens, got {value!r}")
-            return min(int(value), _UINT32_MAX)
-    return 0
 
 
 def _us(seconds: float | None) -> int | None:
