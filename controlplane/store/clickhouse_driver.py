@@ -23,6 +23,7 @@ import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from datetime import UTC
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -138,7 +139,7 @@ class ClickHouseStore:
         # clickhouse-connect would fall back to Python %-formatting of the SQL text.
         if not params or not _PLACEHOLDER.search(sql):
             return None
-        return dict(params)
+        return {k: _map_literal(v) if isinstance(v, dict) else v for k, v in params.items()}
 
     def _live(self) -> Any:
         if self._closed:
@@ -260,6 +261,29 @@ def _check_url(url: str) -> str:
         raise bad(f"expected http(s)://host:port with no path or query, got {url!r}")
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
+
+
+class _Literal:
+    """A value clickhouse-connect sends verbatim (it binds unknown types as ``str()``)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _map_literal(value: dict[Any, Any]) -> _Literal:
+    """A Map parameter as ClickHouse's ``{'k':v, ...}`` literal: clickhouse-connect would
+    send JSON by default, which the server cannot parse as a Map, and escaping the
+    literal as a top-level string would break its quotes."""
+    from clickhouse_connect.driver.binding import format_bind_value
+
+    pairs = (
+        f"{format_bind_value(k, UTC, False)}:{format_bind_value(v, UTC, False)}"
+        for k, v in value.items()
+    )
+    return _Literal("{" + ", ".join(pairs) + "}")
 
 
 def _message(exc: BaseException) -> str:

@@ -206,6 +206,7 @@ PARAMS = [
     pytest.param("Decimal(18, 9)", _D, _D, id="an exact decimal"),
     pytest.param("Array(String)", ["a", "b'c"], ["a", "b'c"], id="an array of strings"),
     pytest.param("Date", date(2026, 3, 1), date(2026, 3, 1), id="a date"),
+    pytest.param("Map(String, UInt32)", {"a": 1, "b": 2}, [("a", 1), ("b", 2)], id="a map"),
     pytest.param("DateTime64(6, 'UTC')", BASE, BASE, id="a UTC datetime keeps microseconds"),
     pytest.param(
         "DateTime64(6, 'UTC')", BASE.astimezone(timezone(timedelta(hours=2))), BASE,
