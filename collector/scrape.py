@@ -108,6 +108,7 @@ class Scraper:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._sem: asyncio.Semaphore | None = None
+        self._targets: list[Target] = []
         self.refresh_targets()
 
     # --- targets and health ---------------------------------------------------------

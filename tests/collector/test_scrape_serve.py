@@ -132,7 +132,11 @@ def test_serve_scrapes_into_the_store_and_reports_slow_and_dead_targets_down(tmp
                 )
                 health = httpx.get(f"{sp.url}/healthz").json()["components"]["scrape"]
                 assert health["running"] and health["down"] >= 2
-                time.sleep(INTERVAL_S * 4)  # a few more rounds so rows accumulate
+                # A few more scrapes so rows accumulate (counted at the server, polled).
+                want = srv.routes["/vllm"].hits + 3
+                deadline = time.monotonic() + 30
+                while srv.routes["/vllm"].hits < want and time.monotonic() < deadline:
+                    time.sleep(0.05)
             finally:
                 hang.set()
                 stop_serve(sp)
