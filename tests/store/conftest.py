@@ -45,14 +45,6 @@ def any_store(request: pytest.FixtureRequest) -> Store:
     return s
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module", params=["chdb", "clickhouse"])
 def shared_store(
     request: pytest.FixtureRequest, chdb_path: Path, chdb_front: FrontProcess

@@ -18,8 +18,7 @@ import pytest
 from controlplane import conventions as cv
 from controlplane.store.clickhouse_driver import ClickHouseStore
 from controlplane.store.migrate import known_migrations
-from tests.store.conftest import free_port
-from tests.support.front import REPO, FrontProcess
+from tests.support.front import REPO, FrontProcess, free_port
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen[str], deadline_s: float) -> httpx.Response:
