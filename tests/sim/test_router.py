@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 from contextlib import ExitStack
 
 import httpx
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from prometheus_client.parser import text_string_to_metric_families
 
 from collector.records import ListSink
@@ -51,6 +52,14 @@ class Fleet:
     def state(self, name: str) -> str:
         backends = httpx.get(self.url + "/admin/replicas").json()["replicas"]
         return next(b["state"] for b in backends if b["name"] == name)
+
+
+class OnEnd(SpanProcessor):
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def on_end(self, span) -> None:
+        self.event.set()
 
 
 def _fault(kind: str):
@@ -172,12 +181,15 @@ def test_router_spans_carry_gateway_ttft_into_request_records(stack):
     sink = ListSink()
     provider = TracerProvider()
     provider.add_span_processor(LLMSpanProcessor(sink))
+    ended = threading.Event()  # the router ends its span after the client got [DONE]
+    provider.add_span_processor(OnEnd(ended))
     router = Router(model=MODEL, pool="chat-8b", tracer=provider.get_tracer("router"))
     fleet = Fleet(stack, 1, router)
     headers = {wire.TENANT_HEADER: "acme", wire.PRIORITY_HEADER: "2"}
     b = body(max_tokens=5, stream=True, stream_options={"include_usage": True})
     with httpx.stream("POST", fleet.url + "/v1/completions", json=b, headers=headers) as resp:
         assert list(resp.iter_lines())[-2] == "data: [DONE]"
+    assert ended.wait(10)
     assert provider.force_flush()
     provider.shutdown()
     [rec] = sink.records
