@@ -25,7 +25,6 @@ from controlplane.server import AppContext, register_builder
 log = logging.getLogger(__name__)
 
 SERVICE = "scrape"
-WRITER_SERVICE = "writer"
 
 
 class ScrapeService:
@@ -140,11 +139,8 @@ def scraper_from_config(cfg: GovernorConfig, sink: Sink, clock: Any = None) -> S
 
 
 def _writer(ctx: AppContext) -> Sink:
-    existing: Sink | None = ctx.services.get(WRITER_SERVICE)
-    if existing is not None:
-        return existing
-    # One writer per serve process; the OTLP integration knows how to build it from config.
-    from controlplane.ingest import _writer as shared_writer
+    # One writer per serve process, shared with the OTLP ingest (built from ``writer:``).
+    from controlplane.ingest import shared_writer
 
     return shared_writer(ctx)
 
