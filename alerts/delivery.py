@@ -127,14 +127,6 @@ class DeliveryQueue:
             o.status, o.last_error = SUPERSEDED, f"superseded by {d.id}"
             self.update(o, now)
 
-    def settle(self, d: Delivery, now: float) -> None:
-        """Record the outcome of an attempt; a failed one that a newer delivery replaced
-        while it was being sent is superseded rather than retried."""
-        newest = self.latest.get((d.receiver, d.group_key))
-        if d.status in OPEN and newest is not None and newest is not d:
-            d.status, d.last_error = SUPERSEDED, f"superseded by {newest.id}"
-        self.update(d, now)
-
     def update(self, d: Delivery, now: float) -> None:
         d.updated_at = now
         self._persist(d, now)
@@ -144,20 +136,32 @@ class DeliveryQueue:
         ready = [d for d in self.open.values() if d.next_attempt_at <= now]
         return sorted(ready, key=lambda d: (d.next_attempt_at, d.created_at))
 
-    def attempt(self, d: Delivery, now: float) -> None:
-        """Send one due delivery (outside any lock) and set its outcome on ``d``."""
+    def attempt(self, d: Delivery, now: float) -> DeliveryError | None:
+        """Send one due delivery; no state changes (safe outside locks, in parallel)."""
         r = self._receivers.get(d.receiver)
-        d.attempts += 1
+        if r is None:
+            return PermanentDelivery(f"receiver {d.receiver!r} is no longer configured")
         try:
-            if r is None:
-                raise PermanentDelivery(f"receiver {d.receiver!r} is no longer configured")
             d.last_status = send(self._http, d, r, self._env, now)
-        except PermanentDelivery as exc:
-            self._fail(d, exc, now, permanent=True)
-        except RetryableDelivery as exc:
-            self._fail(d, exc, now, permanent=False)
-        else:
+        except DeliveryError as exc:
+            return exc
+        except Exception as exc:  # export boundary: never lose the delivery to a bug
+            log.exception("delivery %s to %s failed unexpectedly", d.id, d.receiver)
+            return PermanentDelivery(f"unexpected {type(exc).__name__}: {exc}")
+        return None
+
+    def settle(self, d: Delivery, error: DeliveryError | None, now: float) -> None:
+        """Record an attempt's outcome: delivered, retry later, dead, or superseded."""
+        d.attempts += 1
+        if error is None:
             d.status, d.last_error = DELIVERED, ""
+        else:
+            self._fail(d, error, now, permanent=not isinstance(error, RetryableDelivery))
+        newest = self.latest.get((d.receiver, d.group_key))
+        if d.status in OPEN and newest is not None and newest is not d:
+            # A newer notification of the group was queued while this one was in flight.
+            d.status, d.last_error = SUPERSEDED, f"superseded by {newest.id}"
+        self.update(d, now)
 
     def _fail(self, d: Delivery, exc: DeliveryError, now: float, *, permanent: bool) -> None:
         d.last_error, d.last_status = str(exc), exc.status

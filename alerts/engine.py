@@ -19,6 +19,7 @@ import random
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -27,7 +28,7 @@ from alerts import lifecycle, notifiers
 from alerts.delivery import DeliveryQueue, RetryPolicy
 from alerts.delivery_model import DEAD, OPEN, Delivery
 from alerts.dispatch import Dispatcher
-from alerts.errors import InvalidInput, NotFound
+from alerts.errors import DeliveryError, InvalidInput, NotFound
 from alerts.model import FIRING, RESOLVED, Alert, fingerprint
 from alerts.nflog import RETENTION_S, NflogEntry, NotificationLog
 from alerts.routing import Route, compile_routes, routes_for
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 60.0  # firing alerts are re-persisted at least this often (last eval time)
 SILENCE_RETENTION_S = 120 * 3600.0
 PUSH_GROUP = ""  # Alertmanager pushes are not grouped
+SEND_WORKERS = 8
 
 
 class AlertEngine:
@@ -165,15 +167,22 @@ class AlertEngine:
                 self._nflog.gc(now)
                 due = self._queue.due(now)
                 self._in_flight = {d.id for d in due}
-            for d in due:
-                self._queue.attempt(d, now)
+            errors = self._send_all(due, now)
             with self._lock:
                 self._in_flight = set()
-                for d in due:
-                    self._queue.settle(d, now)
+                for d, err in zip(due, errors, strict=True):  # in due order: seeded jitter
+                    self._queue.settle(d, err, now)
                     if d.status == DEAD:
                         self._dead[d.id] = d
         self._storage.flush()
+
+    def _send_all(self, due: list[Delivery], now: float) -> list[DeliveryError | None]:
+        """Send in parallel, so one slow receiver does not hold up the others."""
+        if len(due) <= 1:
+            return [self._queue.attempt(d, now) for d in due]
+        workers = min(SEND_WORKERS, len(due))
+        with ThreadPoolExecutor(workers, thread_name_prefix="governor-alert-send") as pool:
+            return list(pool.map(lambda d: self._queue.attempt(d, now), due))
 
     def _flush_groups(self, now: float) -> None:
         muted = self._muted(now)
