@@ -239,6 +239,7 @@ def create_app(router: Router) -> FastAPI:
             PRIORITY_HEADER: priority,
         }
         start = time.perf_counter()
+        start_ns = time.time_ns()  # the span covers the whole gateway-side request
         tried: set[str] = set()
         for _ in range(MAX_ATTEMPTS):
             backend = router.balancer.acquire(frozenset(tried))
@@ -256,7 +257,7 @@ def create_app(router: Router) -> FastAPI:
                 router.balancer.release(backend)
                 continue
             span = router.tracer.start_span(  # type: ignore[union-attr]
-                f"{kind} {parsed.model}", kind=SpanKind.CLIENT,
+                f"{kind} {parsed.model}", kind=SpanKind.CLIENT, start_time=start_ns,
                 attributes=_request_attributes(parsed, tenant, priority, backend, router.pool),
             )  # fmt: skip
             call = _Call(router, backend, resp, span, start, parsed.stream)
