@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,7 @@ class OtlpIngest:
         """``room``, when given, says how many records the sink can take right now."""
         self._sink = sink
         self._room = room
+        self._emit_lock = threading.Lock()
         self._mapping = mapping or AttributeMapping()
         self._pricer = pricer
         self.max_body_bytes = max_body_bytes
@@ -139,12 +141,15 @@ class OtlpIngest:
                 continue
             if record is not None:
                 records.append(record)
-        if records and self._room is not None and self._room() < len(records):
-            raise IngestOverloaded(
-                f"the store writer's queue has no room for {len(records)} rows; retry later"
-            )
         if records:
-            self._sink.emit(records)
+            # Check and emit together, so concurrent requests cannot both fit in one gap.
+            with self._emit_lock:
+                if self._room is not None and self._room() < len(records):
+                    raise IngestOverloaded(
+                        f"the store writer's queue has no room for {len(records)} rows; "
+                        "retry later"
+                    )
+                self._sink.emit(records)
         ignored = batch.total - len(records) - rejected
         self._spans.labels("mapped").inc(len(records))
         self._spans.labels("rejected").inc(rejected)
