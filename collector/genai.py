@@ -28,7 +28,7 @@ span name and at most three attribute keys.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -220,7 +220,12 @@ def map_span(
             kept["governor.cost_error"] = f"{type(exc).__name__}: {exc}"
     if cost == 0.0:
         cost = _number(attrs, USAGE_COST) or 0.0
-    return replace(record, cost_usd=cost) if cost else record
+    if cost:
+        # The record is ours alone until returned: set the field in place instead of
+        # building a second frozen record with ``replace`` (the constructor is most of
+        # the mapping's cost).
+        object.__setattr__(record, "cost_usd", cost)
+    return record
 
 
 _DEFAULT_MAPPING = AttributeMapping()
