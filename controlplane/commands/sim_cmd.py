@@ -100,8 +100,13 @@ def _tracer_provider(endpoint: str, attrs: dict[str, str]) -> Any:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+    from controlplane.sim.span_export import BufferingExporter
+
     provider = TracerProvider(resource=Resource.create(attrs))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, timeout=10)))
+    # Spans finished while Governor is down wait in the exporter and go out when it is
+    # back; the processor's queue is deep enough to ride out the exporter's retries.
+    exporter = BufferingExporter(OTLPSpanExporter(endpoint=endpoint, timeout=5))
+    provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=32768))
     return provider
 
 
