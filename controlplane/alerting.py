@@ -16,7 +16,9 @@ import httpx
 from prometheus_client import Gauge
 
 from alerts.engine import AlertEngine
+from alerts.errors import StateStoreError
 from controlplane.clock import Clock
+from controlplane.errors import StoreUnavailable
 from controlplane.server import AppContext, register_builder
 
 log = logging.getLogger(__name__)
@@ -68,13 +70,17 @@ class AlertingComponent:
 def build_alerting(ctx: AppContext) -> None:
     cfg = ctx.config.alerting
     http = httpx.Client(follow_redirects=False)
-    engine = AlertEngine(
-        store=ctx.store,
-        config=cfg,
-        clock=ctx.clock,
-        http=http,
-        evaluation_interval_s=ctx.config.evaluation_interval_s,
-    )
+    try:
+        engine = AlertEngine(
+            store=ctx.store,
+            config=cfg,
+            clock=ctx.clock,
+            http=http,
+            evaluation_interval_s=ctx.config.evaluation_interval_s,
+        )
+    except StateStoreError as exc:
+        http.close()
+        raise StoreUnavailable(f"alerting cannot resume its state: {exc}") from exc
     ctx.services[SERVICE] = engine
     ctx.add(AlertingComponent(engine, ctx.clock, http, cfg.tick_s))
     for key, help_text in (

@@ -122,8 +122,9 @@ class AlertingConfig(_Model):
     routes: list[AlertRoute] = []
     receivers: list[Receiver] = []
     external_url: str = "http://127.0.0.1:8080"
-    # Prometheus' --rules.alert.resend-delay: re-push firing alerts to Alertmanager.
-    resend_delay_s: float = Field(default=60.0, ge=0)
+    # Re-push firing alerts to an Alertmanager at most this often (Prometheus'
+    # --rules.alert.resend-delay, 60 there); 0 pushes every evaluation.
+    resend_delay_s: float = Field(default=0.0, ge=0)
     # Delivery: exponential backoff with full jitter, then the dead letters.
     retry_initial_s: float = Field(default=1.0, gt=0)
     retry_max_s: float = Field(default=300.0, gt=0)
