@@ -129,6 +129,19 @@ def test_responses_are_compressed_when_asked(
     assert decode(raw) == b"0\n1\n2\n"
 
 
+def test_the_server_default_compresses_and_the_url_can_turn_it_off(http: httpx.Client) -> None:
+    # enable_http_compression defaults to 1 in this engine version, as on a 26.x server;
+    # clickhouse-connect then sends only Accept-Encoding, never the setting.
+    sql = b"SELECT number FROM numbers(3)"
+    on = http.post("/", headers={"Accept-Encoding": "zstd"}, content=sql)
+    off = http.post(
+        "/", params={"enable_http_compression": "0"}, headers={"Accept-Encoding": "zstd"},
+        content=sql,
+    )  # fmt: skip
+    assert on.headers["Content-Encoding"] == "zstd" and "Content-Encoding" not in off.headers
+    assert off.content == b"0\n1\n2\n"
+
+
 def test_compressed_request_bodies_are_decoded(http: httpx.Client) -> None:
     r = http.post("/", headers={"Content-Encoding": "gzip"}, content=gzip.compress(b"SELECT 7"))
     assert r.text == "7\n"

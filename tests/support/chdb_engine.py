@@ -92,6 +92,21 @@ class Engine:
         self._sessions_lock = threading.Lock()
         version, tz = self._raw("SELECT version(), timezone()", "TabSeparated").decode().split()
         self.version, self.timezone = version, tz
+        # Server-level defaults of the settings the HTTP layer itself acts on.
+        rows = self._raw(
+            "SELECT name, value FROM system.settings WHERE name = 'enable_http_compression'",
+            "TabSeparated",
+        )
+        self.defaults = dict(line.split("\t", 1) for line in rows.decode().splitlines())
+
+    def http_setting(self, name: str, params: Mapping[str, str], session_id: str | None) -> str:
+        """The effective value of an HTTP-layer setting: URL, then session, then default."""
+        if name in params:
+            return params[name]
+        sess = self._sessions.get(session_id) if session_id else None
+        if sess is not None and name in sess.settings:
+            return sess.settings[name]
+        return self.defaults.get(name, "")
 
     def close(self) -> None:
         with self._lock:

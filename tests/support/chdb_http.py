@@ -192,7 +192,10 @@ class Handler(BaseHTTPRequestHandler):
             "X-ClickHouse-Summary": json.dumps(result.summary),
         }
         body = result.body
-        if _enabled(params.get("enable_http_compression")):
+        engine = self.server.engine
+        if _enabled(
+            engine.http_setting("enable_http_compression", params, params.get("session_id"))
+        ):
             enc = _pick_encoding(self.headers.get("Accept-Encoding", ""))
             if enc:
                 body = _ENCODERS[enc](body)
