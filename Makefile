@@ -21,7 +21,7 @@ $(STAMP_DEV): pyproject.toml | $(BIN)/python
 	touch $@ $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/governor demo
+	$(BIN)/governor demo $(DEMO_ARGS)
 
 # System packages some tests compare against (promtool, alertmanager, chromium).
 # Installed when running as root (as CI does); elsewhere those tests skip and say why.

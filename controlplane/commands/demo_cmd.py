@@ -237,6 +237,7 @@ def _run_until_stopped(
 
     assert isinstance(sup, Supervisor)
     end = None if args.duration is None else started + args.duration
+    known: dict[str, str] = {}
     while not stop.is_set():
         if end is not None and time.monotonic() >= end:
             return
@@ -245,6 +246,10 @@ def _run_until_stopped(
             if child is not None and not child.alive():
                 print(f"{name} exited unexpectedly; see {child.log_path}", file=sys.stderr)
                 return
-        fleet.replicas(args.pool)  # observe drains, failures
+        now_states = {r.id: r.state.value for r in fleet.replicas(args.pool)}
+        for rid, state in sorted(now_states.items()):
+            if known.get(rid, state) != state:  # e.g. a crash fault, a drain
+                print(f"replica {rid}: {known[rid]} -> {state}", flush=True)
+        known.update(now_states)
         wait = 2.0 if end is None else max(0.0, min(2.0, end - time.monotonic()))
         stop.wait(wait)
