@@ -48,6 +48,7 @@ class BacktestConfig:
     params: EngineParams = LLAMA31_8B_H100_VLLM
     seed: int = 0
     epoch: float = 1_700_000_000.0
+    fuse: bool = True  # False: one event per engine iteration (slow; for checking)
 
     def __post_init__(self) -> None:
         problems = []
@@ -121,7 +122,10 @@ class _Backtest:
             self.clock, pool=cfg.pool, min_replicas=cfg.min_replicas,
             max_replicas=cfg.max_replicas,
         )
-        self.events: list[tuple[float, int, int, str, StepResult | None]] = []
+        self.events: list[tuple[float, int, int, str, int]] = []
+        self.outstanding: dict[str, int] = {}
+        self.generation: dict[str, int] = {}
+        self.step_started: dict[str, tuple[float, StepResult]] = {}
         self.seq = itertools.count()
         self.stepping: set[str] = set()
         self.fleet.busy = self.stepping.__contains__
@@ -135,21 +139,29 @@ class _Backtest:
     def _set_time(self, t: float) -> None:
         self.clock.set(self.cfg.epoch + t)
 
-    def _horizon(self) -> float:
-        return min(self.next_arrival_t, self.next_tick_t)
-
     def _start_step(self, r: VirtualReplica, t: float) -> None:
         if r.id in self.stepping or r.state not in (ReplicaState.SERVING, ReplicaState.DRAINING):
             return
-        res = r.engine.step(t, horizon_s=self._horizon())
+        if self.cfg.fuse:
+            # Fused runs stop at policy ticks; arrivals only *may* concern this replica, so
+            # a run may pass them and is cut back if one is routed here (see _route).
+            res = r.engine.step(t, horizon_s=self.next_tick_t, soft_horizon_s=self.next_arrival_t)
+        else:
+            res = r.engine.step(t)
         if res.idle:
             return
         self.stepping.add(r.id)
-        heapq.heappush(self.events, (t + res.duration_s, next(self.seq), _STEP_DONE, r.id, res))
+        self.step_started[r.id] = (t, res)
+        gen = self.generation[r.id] = self.generation.get(r.id, 0) + 1
+        heapq.heappush(self.events, (t + res.duration_s, next(self.seq), _STEP_DONE, r.id, gen))
 
-    def _step_done(self, rid: str, res: StepResult, t: float) -> None:
+    def _step_done(self, rid: str, gen: int, t: float) -> None:
+        if gen != self.generation.get(rid):
+            return  # superseded: the step was cut back and rescheduled
+        _, res = self.step_started.pop(rid)
         self.stepping.discard(rid)
         r = self.fleet.get(rid)
+        self.outstanding[rid] = self.outstanding.get(rid, 0) - len(res.completed)
         if r.state is ReplicaState.STOPPED:
             # Stopped mid-iteration: what this iteration would have finished is cut too
             # (the rest was counted when it stopped).
@@ -172,7 +184,9 @@ class _Backtest:
         if not cands:
             self.log.reject()
             return
-        r = min(cands, key=lambda c: c.engine.in_flight())  # stable: oldest wins ties
+        # Least outstanding as the router sees it: a request counts until the iteration
+        # that finishes it has ended. Stable min: the oldest replica wins ties.
+        r = min(cands, key=lambda c: self.outstanding.get(c.id, 0))
         req = SimRequest(str(next(self.ids)), a.t_offset_s, a.input_tokens, a.output_tokens,
                          priority=a.priority)
         try:
@@ -180,6 +194,14 @@ class _Backtest:
         except RequestRejected:
             self.log.reject()
             return
+        self.outstanding[r.id] = self.outstanding.get(r.id, 0) + 1
+        if r.id in self.stepping:
+            started, _ = self.step_started[r.id]
+            duration = r.engine.truncate(t)
+            if duration is not None:
+                gen = self.generation[r.id] = self.generation[r.id] + 1
+                heapq.heappush(self.events, (started + duration, next(self.seq), _STEP_DONE,
+                                             r.id, gen))
         self._start_step(r, t)
 
     def _tick(self, t: float) -> None:
@@ -193,7 +215,7 @@ class _Backtest:
                 alive += 1
             if r.state is ReplicaState.STARTING and r.id not in self.ready_scheduled:
                 self.ready_scheduled.add(r.id)
-                heapq.heappush(self.events, (r.ready_at, next(self.seq), _READY, r.id, None))
+                heapq.heappush(self.events, (r.ready_at, next(self.seq), _READY, r.id, 0))
             elif r.state in (ReplicaState.SERVING, ReplicaState.DRAINING):
                 self._start_step(r, t)  # undrained replicas may have queued work
         self.max_replicas_seen = max(self.max_replicas_seen, alive)
@@ -219,9 +241,9 @@ class _Backtest:
             self._set_time(t_next)
             last_t = max(last_t, t_next)
             if t_event == t_next:
-                _, _, kind, rid, res = heapq.heappop(self.events)
-                if kind == _STEP_DONE and res is not None:
-                    self._step_done(rid, res, t_next)
+                _, _, kind, rid, gen = heapq.heappop(self.events)
+                if kind == _STEP_DONE:
+                    self._step_done(rid, gen, t_next)
                 else:
                     self.fleet.promote(rid)
                     self._start_step(self.fleet.get(rid), t_next)

@@ -171,6 +171,10 @@ class Engine:
         self.params = params
         self.ready_at_s = ready_at_s
         self.slowdown = 1.0  # step time multiplier (thermal throttling, slow replica)
+        # The last step's fused run if it may be cut back (see ``truncate``).
+        self._fused: (
+            tuple[list[_Seq], int, int, int, float, float, float, StepResult] | None
+        ) = None
         self._free = params.num_gpu_blocks
         self._waiting: list[tuple[tuple[int, float, int], _Seq]] = []
         self._running: list[_Seq] = []
@@ -234,6 +238,7 @@ class Engine:
         seq = self._ids.pop(request_id, None)
         if seq is None:
             return None
+        self._fused = None  # the run's sequences change: it can no longer be cut back
         if seq.is_running:
             self._running.remove(seq)
             seq.is_running = False
@@ -254,21 +259,68 @@ class Engine:
 
     # -- iterations ---------------------------------------------------------------------
 
-    def step(self, now_s: float, *, horizon_s: float | None = None) -> StepResult:
+    def step(
+        self, now_s: float, *, horizon_s: float | None = None, soft_horizon_s: float | None = None
+    ) -> StepResult:
         """Run one iteration starting at ``now_s``.
 
         With ``horizon_s``, following decode-only iterations are fused into this call
         while nothing else can change (no admission, no block shortage, no finish before
         the last) and they start before ``horizon_s``; the outcome is the same as calling
-        ``step`` once per iteration, only cheaper. Backtests pass the next arrival time.
+        ``step`` once per iteration, only cheaper.
+
+        With ``soft_horizon_s`` too (a request *may* arrive then), the fused run may go on
+        past it but then stops short of any finish, and ``truncate(t)`` can cut it back to
+        the iterations that started before ``t`` if a request does arrive at ``t``.
+        Backtests pass the next policy tick as horizon and the next arrival as soft one.
         """
+        self._fused = None
         result = StepResult()
         if now_s < self.ready_at_s or not (self._running or self._waiting):
             return result
         self._iteration(now_s, result)
-        if horizon_s is not None:
-            self._fuse_decode(now_s, horizon_s, result)
+        # Finishes are only reported at the end of a step: fusing after an iteration that
+        # finished a request would report it late.
+        if horizon_s is not None and not result.finished:
+            self._fuse_decode(now_s, horizon_s, result, soft_horizon_s)
         return result
+
+    def truncate(self, until_s: float) -> float | None:
+        """Cut the last step's fused decode run back to the iterations that start before
+        ``until_s``; returns the step's new duration, or None if there is nothing to cut.
+        Only runs that went past their soft horizon can be cut (they hold no finish)."""
+        fused = self._fused
+        if fused is None:
+            return None
+        seqs, k, n, ctx0, t0, elapsed, compute_s, result = fused
+        k2, elapsed2, compute2 = self._decode_run(n, ctx0, k, until_s - t0)
+        if k2 >= k:
+            return None
+        self._fused = None
+        dk = k - k2
+        bs = self.params.block_size
+        out = result.tokens
+        for s in seqs:
+            s.num_computed -= dk
+            s.num_generated -= dk
+            s.num_tokens -= dk
+            keep = -(-s.num_computed // bs)
+            self._free += s.blocks - keep
+            s.blocks = keep
+            rid = s.req.id
+            left = out[rid] - dk
+            if left:
+                out[rid] = left
+            else:
+                del out[rid]
+        self._gen_tokens -= dk * n
+        self._iterations -= dk
+        self._busy_s -= elapsed - elapsed2
+        self._compute_s -= compute_s - compute2
+        result.duration_s -= elapsed - elapsed2
+        result.iterations -= dk
+        result.batched_tokens -= dk * n
+        return result.duration_s
 
     def _blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.params.block_size)
@@ -436,7 +488,9 @@ class Engine:
             return True
         return self._blocks_for(min(head.num_tokens, budget)) > self._free
 
-    def _fuse_decode(self, now_s: float, horizon_s: float, result: StepResult) -> None:
+    def _fuse_decode(
+        self, now_s: float, horizon_s: float, result: StepResult, soft_s: float | None
+    ) -> None:
         running = self._running
         n = len(running)
         if n == 0 or n > self.params.max_num_batched_tokens:
@@ -462,9 +516,23 @@ class Engine:
             k_max = lo
         ctx = sum(s.num_computed for s in running)
         t0 = now_s + result.duration_s
-        k, elapsed = self._decode_run(n, ctx, k_max, horizon_s - t0)
+        k, elapsed, compute_s = self._decode_run(n, ctx, k_max, horizon_s - t0)
+        truncatable = False
+        if soft_s is not None and k > 0:
+            k_soft, _, _ = self._decode_run(n, ctx, k, soft_s - t0)
+            if k_soft < k:
+                # Past the soft horizon: stop short of the first finish so the run can be
+                # cut back cleanly if a request arrives.
+                if k == k_max:
+                    k, elapsed, compute_s = self._decode_run(n, ctx, k_max - 1, horizon_s - t0)
+                truncatable = k > k_soft
         if k == 0:
             return
+        self._compute_s += compute_s
+        self._iterations += k
+        self._busy_s += elapsed
+        if truncatable:
+            self._fused = (list(running), k, n, ctx, t0, elapsed, compute_s, result)
         t = t0 + elapsed
         result.duration_s += elapsed
         result.iterations += k
@@ -487,16 +555,19 @@ class Engine:
         if finished:
             self._running = [s for s in self._running if s.is_running]
 
-    def _decode_run(self, n: int, ctx: int, k_max: int, room_s: float) -> tuple[int, float]:
+    def _decode_run(
+        self, n: int, ctx: int, k_max: int, room_s: float
+    ) -> tuple[int, float, float]:
         """How many decode-only iterations of ``n`` sequences (``ctx`` tokens computed)
-        start within ``room_s``, at most ``k_max``, and how long they take in total.
+        start within ``room_s``, at most ``k_max``, how long they take in total and the
+        compute-bound part of that. Pure: the caller accounts for them.
 
         Memory-bound iterations take ``a + b * ctx_j`` with ``ctx_j = ctx + j n``, so their
         sum is a quadratic in the count, solved in closed form; compute-bound stretches
         (large batches) are walked one iteration at a time.
         """
         if k_max <= 0 or room_s <= 0:
-            return 0, 0.0
+            return 0, 0.0, 0.0
         p = self.params
         slow = self.slowdown
         over = p.step_overhead_s + p.per_seq_overhead_s * n
@@ -537,10 +608,7 @@ class Engine:
             more = min(j + 1, k_max - k)
             elapsed += more * a + b * more * (more - 1) / 2
             k += more
-        self._compute_s += compute_s
-        self._iterations += k
-        self._busy_s += elapsed
-        return k, elapsed
+        return k, elapsed, compute_s
 
     # -- observation --------------------------------------------------------------------
 

@@ -58,6 +58,24 @@ def test_same_seed_gives_the_same_report():
     assert once(5) != once(6)
 
 
+def test_fused_event_loop_gives_the_same_report_as_one_event_per_iteration():
+    trace = conv_slice(300, 120)
+
+    def run(fuse: bool):
+        cfg = BacktestConfig(replicas=3, fuse=fuse, policy="test-script",
+                             policy_options={"targets": "3/4/2", "interval_s": 20.0},
+                             cold_start_s=15.0)
+        return strip_wall(run_backtest(replay(trace.rows, rate_multiplier=2.0, seed=3), cfg))
+
+    fused, plain = run(True), run(False)
+    assert fused.requests == plain.requests and fused.actions == plain.actions
+    for field in ("ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s", "gpu_hours",
+                  "simulated_s", "slo_attainment"):
+        assert getattr(fused, field) == pytest.approx(getattr(plain, field), rel=1e-9), field
+    assert (fused.completed, fused.cut, fused.preemptions) == (
+        plain.completed, plain.cut, plain.preemptions)
+
+
 def test_more_replicas_cut_tail_latency_and_cost_more():
     trace = conv_slice(1200, 120)
 
