@@ -9,7 +9,8 @@ Stages, same payloads, one run (stages 1-5 on one core):
 
 1. ``parse``: ``ExportTraceServiceRequest.ParseFromString`` only (upb, the floor).
 2. ``decode``: ``collector.otlp.decode`` (parse + attribute dicts for LLM spans).
-3. ``decode+map``: ``OtlpIngest.handle`` into a null sink (adds the GenAI mapping).
+3. ``decode+map``: ``OtlpIngest.handle`` into a null sink (adds the GenAI mapping and the
+   cost: the pool is priced by GPU-hour, as in the serve config used in stage 6).
 4. ``insert only``: the mapped rows inserted into chDB in batches of 5000 (store cost alone).
 5. ``pipeline``: ``OtlpIngest.handle`` -> real ``Writer`` -> embedded chDB store, in process.
 6. ``http``: ``governor serve`` in a subprocess pinned to one core (``taskset -c 0``),
@@ -103,8 +104,21 @@ def stage_decode(bodies: list[bytes]) -> None:
         decode(b, PROTOBUF)
 
 
+def pricer() -> Any:
+    """What serve builds from the bench config: the pool priced by GPU-hour."""
+    from collector.pricing import Pricer
+
+    return Pricer.from_config(None, [{"name": "chat-8b", "gpu_hour_usd": 2.49}])
+
+
+CONFIG = (
+    "pools:\n"
+    "  - {name: chat-8b, model: meta-llama/Llama-3.1-8B-Instruct, gpu_hour_usd: 2.49}\n"
+)
+
+
 def stage_map(bodies: list[bytes]) -> None:
-    ingest = OtlpIngest(NullSink())
+    ingest = OtlpIngest(NullSink(), pricer=pricer())
     for b in bodies:
         ingest.handle(b, PROTOBUF, None)
 
@@ -124,7 +138,7 @@ def stage_insert(bodies: list[bytes], data_dir: Path, batch: int = 5000) -> floa
     from controlplane.store.migrate import migrate
 
     sink = ListSink()
-    ingest = OtlpIngest(sink)
+    ingest = OtlpIngest(sink, pricer=pricer())
     for b in bodies:
         ingest.handle(b, PROTOBUF, None)
     store = ChdbStore(data_dir, database=f"b_{uuid.uuid4().hex[:8]}")
@@ -149,7 +163,7 @@ def stage_pipeline(bodies: list[bytes], data_dir: Path) -> float:
     migrate(store)
     writer = Writer(store, spool_dir=data_dir / "spool")
     writer.start()
-    ingest = OtlpIngest(writer)
+    ingest = OtlpIngest(writer, pricer=pricer())
     try:
         t0 = time.perf_counter()
         for b in bodies:
@@ -180,8 +194,11 @@ def stage_http(bodies: list[bytes], total: int, data_dir: Path) -> float:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "GOVERNOR_API_TOKENS": TOKENS}
+    config = data_dir / "governor.yaml"
+    config.write_text(CONFIG)
     cmd = ["taskset", "-c", "0", sys.executable, "-m", "controlplane.cli", "--log-level",
-           "WARNING", "serve", "--port", str(port), "--data-dir", str(data_dir / "serve")]
+           "WARNING", "serve", "--port", str(port), "--data-dir", str(data_dir / "serve"),
+           "--config", str(config)]
     log = (data_dir / "serve.log").open("wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
