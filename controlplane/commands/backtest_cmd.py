@@ -50,6 +50,8 @@ def register(sub: Any) -> None:
     p.add_argument("--gpu-hour-usd", type=float, default=None,
                    help="$/GPU-hour (default: the config pool's, else 2.5)")
     p.add_argument("--mix", help="tenants by weight: tenant:weight[:priority],...")
+    p.add_argument("--engine", default="llama31-8b-h100-vllm",
+                   help="named engine configuration (docs/SIM.md)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_run)
@@ -113,6 +115,7 @@ def _store_trace(args: argparse.Namespace, cfg: Any) -> Any:
 def _run(args: argparse.Namespace) -> int:
     from controlplane.config import load_config
     from controlplane.sim.backtest import BacktestConfig, run_backtest
+    from controlplane.sim.calibration import get_params
 
     cfg = load_config(args.config) if args.config else None
     price = args.gpu_hour_usd
@@ -133,6 +136,7 @@ def _run(args: argparse.Namespace) -> int:
         cold_start_s=args.cold_start_s,
         gpu_hour_usd=2.5 if price is None else price,
         gpus_per_replica=gpus,
+        params=get_params(args.engine),
         seed=args.seed,
     )
     report = run_backtest(_arrivals(args, cfg), config)
