@@ -31,7 +31,7 @@ from controlplane.slo.burn import (
     time_to_exhaustion,
 )
 from controlplane.slo.rules import signals_for
-from controlplane.slo.sli import HourCache, window_counts
+from controlplane.slo.sli import HourCache, occurrences_many, window_counts
 from controlplane.slo.spec import SLO
 from controlplane.slo.windows import format_duration
 from controlplane.store.base import Store
@@ -89,10 +89,16 @@ class Evaluation:
         )  # fmt: skip
 
 
-def evaluate_slo(
-    store: Store, slo: SLO, now: float, cache: HourCache | None = None
-) -> Evaluation:
-    """Evaluate one SLO at ``now`` (reads the store; everything else is pure)."""
+@dataclass(frozen=True)
+class Plan:
+    """What one SLO needs read at one instant: window starts keyed by label."""
+
+    until: datetime
+    window_s: int
+    sinces: dict[str, datetime]
+
+
+def plan(slo: SLO, now: float) -> Plan:
     al = slo.alerting
     until = floor_minute(utc(now - al.offset_s))
     start, window_s = slo.window.bounds(until)
@@ -102,7 +108,20 @@ def evaluate_slo(
             sinces[format_duration(secs)] = until - timedelta(seconds=secs)
     if al.no_data_after_s:
         sinces[_NO_DATA] = until - timedelta(seconds=al.no_data_after_s)
-    counts = window_counts(store, slo, until, sinces, cache)
+    return Plan(until, window_s, sinces)
+
+
+def evaluate_slo(
+    store: Store, slo: SLO, now: float, cache: HourCache | None = None
+) -> Evaluation:
+    """Evaluate one SLO at ``now`` (reads the store; everything else is pure)."""
+    p = plan(slo, now)
+    return finish(slo, now, p, window_counts(store, slo, p.until, p.sinces, cache))
+
+
+def finish(slo: SLO, now: float, p: Plan, counts: dict[str, Counts]) -> Evaluation:
+    """The pure part: burn rates, budget, tiers and state from the counts read."""
+    al, until, window_s = slo.alerting, p.until, p.window_s
     by_secs = {t_s: counts[format_duration(t_s)] for t in al.tiers for t_s in (t.long_s, t.short_s)}
     states = tier_states(al.tiers, by_secs, slo.objective, al.min_events)
     shown = tuple(suppress_slower(states))
@@ -168,9 +187,10 @@ class Evaluator:
             now = self.clock.now() if now is None else now
             out: list[Evaluation] = []
             signals: list[AlertSignal] = []
+            batched = self._batched(now)
             for slo in self.slos.values():
                 try:
-                    ev = evaluate_slo(self.store, slo, now, self.hours)
+                    ev = batched.get(slo.name) or evaluate_slo(self.store, slo, now, self.hours)
                 except GovernorError as exc:
                     log.warning("evaluating SLO %s failed: %s", slo.name, exc)
                     ev = Evaluation(slo.name, slo.selector.pool, now, utc(now), "error",
@@ -186,6 +206,30 @@ class Evaluator:
             errors = [ev for ev in out if ev.state == "error"]
             self.last_error = errors[0].error if errors else ""
             return out
+
+    def _batched(self, now: float) -> dict[str, Evaluation]:
+        """Occurrences SLOs ending at the same minute share one edge-minute query.
+
+        If the batch fails, every SLO is retried alone so one bad SLO cannot hide
+        the others' results.
+        """
+        groups: dict[datetime, list[tuple[SLO, Plan]]] = {}
+        for slo in self.slos.values():
+            if slo.budgeting.method == "occurrences" and slo.sli.kind != "gauge":
+                p = plan(slo, now)
+                groups.setdefault(p.until, []).append((slo, p))
+        out: dict[str, Evaluation] = {}
+        for until, members in groups.items():
+            items = [(slo, [min(s, until) for s in p.sinces.values()]) for slo, p in members]
+            try:
+                counts = occurrences_many(self.store, until, items, self.hours)
+            except GovernorError as exc:
+                log.warning("batched evaluation of %d SLOs failed, one by one: %s",
+                            len(items), exc)  # fmt: skip
+                continue
+            for (slo, p), c in zip(members, counts, strict=True):
+                out[slo.name] = finish(slo, now, p, dict(zip(p.sinces, c, strict=True)))
+        return out
 
     def _write(self, rows: list[tuple[Any, ...]]) -> None:
         self._pending.extend(rows)

@@ -105,52 +105,129 @@ SELECT {", ".join(aggs)} FROM (
     return [Counts(int(row[2 * i] or 0), int(row[2 * i + 1] or 0)) for i in range(len(starts))]
 
 
-def _occurrences(
-    store: Store, slo: SLO, until: datetime, sinces: list[datetime], cache: HourCache | None
-) -> list[Counts]:
-    """Each window ``[s, until)`` = whole hours ``[h, tm)`` from ``requests_1h`` (h = s
-    rounded up to the hour, tm = until rounded down) + the minutes at both edges."""
-    tm = until.replace(minute=0, second=0, microsecond=0)
-    hour_of = [_ceil_hour(s) for s in sinces]
-    hourly: dict[datetime, Counts] = {}
+def _hourly_parts(
+    store: Store, slo: SLO, tm: datetime, hours: list[datetime], cache: HourCache | None
+) -> dict[datetime, Counts]:
+    out: dict[datetime, Counts] = {}
     missing = []
-    for h in sorted({h for h in hour_of if h < tm}):
+    for h in sorted({h for h in hours if h < tm}):
         c = cache.get(slo, h, tm) if cache is not None else None
         if c is None:
             missing.append(h)
         else:
-            hourly[h] = c
+            out[h] = c
     if missing:
         for h, c in zip(missing, _hours(store, slo, tm, missing), strict=True):
-            hourly[h] = c
+            out[h] = c
             if cache is not None:
                 cache.put(slo, h, tm, c)
-    good, total, params = row_exprs(slo)
-    params |= {"pool": slo.selector.pool, "model": slo.selector.model,
-               "tenant": slo.selector.tenant, "until": until, "tm": tm}  # fmt: skip
-    aggs, ranges = [], ["minute >= {tm:DateTime('UTC')}"]
-    for i, (s, h) in enumerate(zip(sinces, hour_of, strict=True)):
-        params[f"s{i}"], params[f"h{i}"] = s, h
-        si, hi = f"{{s{i}:DateTime('UTC')}}", f"{{h{i}:DateTime('UTC')}}"
-        if h < tm:  # only the edges: [s, h) and [tm, until)
-            cond = f"minute >= {si} AND (minute < {hi} OR minute >= {{tm:DateTime('UTC')}})"
-            ranges.append(f"(minute >= {si} AND minute < {hi})")
-        else:
-            cond = f"minute >= {si}"
-            ranges.append(cond)
-        aggs.append(f"sumIf(g, {cond}), sumIf(n, {cond})")
-    sql = f"""
-SELECT {", ".join(aggs)} FROM (
-    SELECT minute, {good} AS g, {total} AS n FROM requests_1m
-    WHERE {_SEL} AND minute < {{until:DateTime('UTC')}} AND ({" OR ".join(ranges)})
+    return out
+
+
+class _Edges:
+    """Builds one ``requests_1m`` query for the edge minutes of many SLOs' windows.
+
+    Values shared by several SLOs (window starts, selectors, per-row good/total
+    expressions) become one parameter or column each, so 100 SLOs cost one scan of the
+    few minutes at the windows' edges instead of 100 queries.
+    """
+
+    def __init__(self, until: datetime, tm: datetime) -> None:
+        self.params: dict[str, Any] = {"until": until, "tm": tm}
+        self.cols: dict[tuple[str, str, int], str] = {}  # (expr, param name, value) -> alias
+        self.col_sql: list[str] = []
+        self.sels: dict[tuple[str, str, str], str] = {}
+        self.windows: dict[tuple[datetime, datetime], tuple[str, str]] = {}  # -> (cond, range)
+        self.aggs: list[str] = []
+
+    def _col(self, expr: str, pname: str, value: int) -> str:
+        key = (expr, pname, value)
+        if key not in self.cols:
+            alias = f"c{len(self.cols)}"
+            name = f"{pname}{len(self.cols)}"
+            if pname:
+                self.params[name] = value
+                expr = expr.replace("{" + pname + ":", "{" + name + ":")
+            self.col_sql.append(f"{expr} AS {alias}")
+            self.cols[key] = alias
+        return self.cols[key]
+
+    def _sel(self, slo: SLO) -> str:
+        sel = slo.selector
+        key = (sel.pool, sel.model, sel.tenant)
+        if key not in self.sels:
+            n, parts = len(self.sels), []
+            for col, val in zip(("pool", "model", "tenant"), key, strict=True):
+                if val:
+                    self.params[f"{col[0]}{n}"] = val
+                    parts.append(f"{col} = {{{col[0]}{n}:String}}")
+            self.sels[key] = " AND ".join(parts) or "1"
+        return self.sels[key]
+
+    def _window(self, s: datetime, h: datetime) -> str:
+        if (s, h) not in self.windows:
+            n = len(self.windows)
+            self.params[f"s{n}"], self.params[f"h{n}"] = s, h
+            si, hi = f"{{s{n}:DateTime('UTC')}}", f"{{h{n}:DateTime('UTC')}}"
+            if h < self.params["tm"]:  # only the edges: [s, h) and [tm, until)
+                cond = f"minute >= {si} AND (minute < {hi} OR minute >= {{tm:DateTime('UTC')}})"
+                rng = f"(minute >= {si} AND minute < {hi})"
+            else:
+                cond = rng = f"minute >= {si}"
+            self.windows[(s, h)] = (cond, rng)
+        return self.windows[(s, h)][0]
+
+    def add(self, slo: SLO, starts: list[datetime], hours: list[datetime]) -> int:
+        """Adds the SLO's windows; returns the index of its first aggregate pair."""
+        good, total, params = row_exprs(slo)
+        (pname, value), = params.items() if params else (("", 0),)
+        g = self._col(good, pname, value)
+        n = self._col(total, "", 0)
+        sel = self._sel(slo)
+        first = len(self.aggs)
+        for s, h in zip(starts, hours, strict=True):
+            cond = f"({sel}) AND ({self._window(s, h)})"
+            self.aggs.append(f"sumIf({g}, {cond}), sumIf({n}, {cond})")
+        return first
+
+    def run(self, store: Store) -> list[Counts]:
+        ranges = ["minute >= {tm:DateTime('UTC')}"] + [r for _, r in self.windows.values()]
+        sql = f"""
+SELECT {", ".join(self.aggs)} FROM (
+    SELECT minute, pool, model, tenant, {", ".join(self.col_sql)} FROM requests_1m
+    WHERE minute < {{until:DateTime('UTC')}} AND ({" OR ".join(ranges)})
 )"""
-    row = store.query(sql, params).rows[0]
+        row = store.query(sql, self.params).rows[0]
+        return [Counts(int(row[2 * i] or 0), int(row[2 * i + 1] or 0))
+                for i in range(len(self.aggs))]  # fmt: skip
+
+
+def occurrences_many(
+    store: Store,
+    until: datetime,
+    items: list[tuple[SLO, list[datetime]]],
+    cache: HourCache | None = None,
+) -> list[list[Counts]]:
+    """Counts per window for many SLOs ending at ``until``: each window ``[s, until)`` =
+    whole hours ``[h, tm)`` from ``requests_1h`` (h = s rounded up to the hour, tm =
+    until rounded down; cached) + the minutes at both edges (one query for all SLOs)."""
+    tm = until.replace(minute=0, second=0, microsecond=0)
+    edges = _Edges(until, tm)
+    plans = []
+    for slo, sinces in items:
+        hours = [_ceil_hour(s) for s in sinces]
+        hourly = _hourly_parts(store, slo, tm, hours, cache)
+        plans.append((hours, hourly, edges.add(slo, sinces, hours)))
+    edge_counts = edges.run(store)
     out = []
-    for i, h in enumerate(hour_of):
-        c = Counts(int(row[2 * i] or 0), int(row[2 * i + 1] or 0))
-        if h < tm:
-            c = Counts(c.good + hourly[h].good, c.total + hourly[h].total)
-        out.append(c)
+    for hours, hourly, first in plans:
+        counts = []
+        for i, h in enumerate(hours):
+            c = edge_counts[first + i]
+            if h < tm:
+                c = Counts(c.good + hourly[h].good, c.total + hourly[h].total)
+            counts.append(c)
+        out.append(counts)
     return out
 
 
@@ -220,5 +297,5 @@ def window_counts(
     if slo.budgeting.method == "timeslices" or slo.sli.kind == "gauge":
         counts = _timeslices(store, slo, until, starts)
     else:
-        counts = _occurrences(store, slo, until, starts, cache)
+        (counts,) = occurrences_many(store, until, [(slo, starts)], cache)
     return dict(zip(keys, counts, strict=True))

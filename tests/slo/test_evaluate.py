@@ -19,7 +19,7 @@ from alerts.signals import AlertSignal
 from controlplane.clock import ManualClock, utc
 from controlplane.errors import StoreUnavailable
 from controlplane.slo import results
-from controlplane.slo.evaluate import Evaluator
+from controlplane.slo.evaluate import Evaluator, evaluate_slo
 from controlplane.slo.spec import parse_slos
 from controlplane.store.chdb_driver import ChdbStore
 
@@ -268,10 +268,12 @@ def test_the_sli_path_reads_rollups_never_raw_requests(store: ChdbStore, now) ->
     )
     ev = Evaluator(spy, slos, clock=ManualClock(now))  # type: ignore[arg-type]
     ev.run_once()
-    # first cycle: whole hours + edge minutes per occurrences SLO, one for time slices
-    assert len(spy.sql) == 3 * 2 + 1
+    # first cycle: whole hours per occurrences SLO, one edge-minute query shared by them
+    # all, one for the time-slice SLO
+    assert len(spy.sql) == 3 + 1 + 1
     ev.run_once()
-    assert len(spy.sql) == 7 + 4  # then one query per SLO, whatever the number of windows
+    # then the hours are cached: two queries per cycle, whatever the number of SLOs/windows
+    assert len(spy.sql) == 5 + 2
     for sql in spy.sql:
         assert not re.search(r"\bFROM\s+requests\b(?!_)", sql), sql
         assert "requests_1m" in sql or "requests_1h" in sql
@@ -313,3 +315,26 @@ def test_cached_whole_hours_match_a_fresh_read_and_refresh_when_the_hour_turns(
     assert (third.good, third.total) == (fresh.good, fresh.total)
     assert third.burn_rates == fresh.burn_rates
     assert third.total == first.total + 40  # the late minute is now counted
+
+
+def test_one_batched_cycle_equals_evaluating_each_slo_alone(store: ChdbStore, now) -> None:
+    traffic(store, now, range(2, 200), per_min=6, bad=1, slow=2)
+    traffic(store, now, range(30, 90), per_min=3, bad=2, pool="other")
+    lat = {"kind": "latency", "metric": "ttft", "threshold_s": 0.5}
+    slos = _slos(
+        AVAIL,
+        {**AVAIL, "name": "all-pools", "selector": {}},
+        {**AVAIL, "name": "other", "selector": {"pool": "other"}, "window": "7d"},
+        {**AVAIL, "name": "tenant", "selector": {"pool": "chat", "tenant": "acme"}, "sli": lat},
+        {**AVAIL, "name": "model", "selector": {"model": "llama"}, "sli": lat, "objective": 99},
+        {**AVAIL, "name": "slow", "sli": {**lat, "threshold_s": 1.0}, "objective": 99},
+        {**AVAIL, "name": "offset", "alerting": {"offset": "5m"}},
+    )
+    batch = {r.slo: r for r in Evaluator(store, slos, clock=ManualClock(now)).run_once()}
+    for slo in slos:
+        alone = evaluate_slo(store, slo, now)
+        got = batch[slo.name]
+        assert (got.good, got.total, got.burn_rates, got.state) == (
+            alone.good, alone.total, alone.burn_rates, alone.state), slo.name  # fmt: skip
+    assert batch["all-pools"].total == 198 * 6 + 60 * 3
+    assert batch["other"].good == 60
