@@ -25,7 +25,7 @@ from collector.otlp import decode
 from collector.records import Sink
 from controlplane.config import GovernorConfig
 from controlplane.errors import ConfigError, GovernorError, Problem, QueryError
-from controlplane.server import AppContext, register_builder
+from controlplane.server import AppContext, is_loopback, register_builder
 
 log = logging.getLogger(__name__)
 
@@ -245,13 +245,19 @@ _writer = shared_writer  # the name controlplane.scraping imported first
 @register_builder
 def build_otlp_ingest(ctx: AppContext) -> None:
     cfg = ctx.config
+    token = _receiver_token(cfg)
+    if token is None and not is_loopback(cfg.server.host):
+        log.warning(
+            "POST /v1/traces accepts exports without a token on %s; set "
+            "ingest.receiver_token_env to require one", cfg.server.host,
+        )
     writer = shared_writer(ctx)
     ctx.services[SERVICE] = OtlpIngest(
         writer,
         mapping=mapping_from_config(cfg),
         pricer=_pricer(cfg),
         max_body_bytes=cfg.server.otlp_max_body_bytes,
-        token=_receiver_token(cfg),
+        token=token,
         room=_room(ctx, writer),
         registry=ctx.registry,
     )
