@@ -73,6 +73,7 @@ class AlertStorage:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._keyed: dict[tuple[str, str], list[Any]] = {}
         self._events: list[list[Any]] = []
         self._version = 0
@@ -208,6 +209,12 @@ class AlertStorage:
 
     def flush(self) -> bool:
         """Write everything buffered; on a store error keep it for the next call."""
+        # One flush at a time: two concurrent ones would write events twice and then each
+        # drop rows the other had not written.
+        with self._flush_lock:
+            return self._flush()
+
+    def _flush(self) -> bool:
         with self._lock:
             keyed, events = dict(self._keyed), list(self._events)
         by_table: dict[str, list[list[Any]]] = {}

@@ -104,6 +104,30 @@ def test_dead_letters_are_visible_to_viewers_and_requeued_by_operators(app, cloc
     assert len(recorder.received) == 2
     assert client.get("/api/v1/alerts/dead-letters", headers=_auth(VIEWER)).json()["count"] == 0
     assert client.post(url, headers=_auth(OPERATOR)).status_code == 404
+    health = client.get("/healthz").json()["components"]["alerting"]
+    assert health["ok"] is True and health["dead_letters"] == 0
     metrics = client.get("/metrics").text
     assert "governor_alerts_firing 1.0" in metrics
     assert "governor_alerts_dead_letters 0.0" in metrics
+
+
+def test_serve_component_ticks_on_its_own_and_reports_health(store, clock, recorder):
+    import httpx
+
+    from alerts.engine import AlertEngine
+    from controlplane.alerting import AlertingComponent
+    from tests.alerts.harness import alerting, webhook
+
+    cfg = alerting([webhook(recorder)], [{"receiver": "hook", "group_wait_s": 0}])
+    http = httpx.Client()
+    engine = AlertEngine(store=store, config=cfg, clock=clock, http=http)
+    component = AlertingComponent(engine, clock, http, period_s=0.01)
+    component.start()
+    try:
+        engine.process([sig()], clock.now())
+        (got,) = recorder.wait_for(1, timeout=30)  # sent by the component's thread
+        assert got.json["status"] == "firing"
+    finally:
+        component.stop()
+    health = component.health()
+    assert health["ok"] is True and health["firing"] == 1 and health["open_deliveries"] == 0
