@@ -252,3 +252,42 @@ def test_a_failed_notification_is_superseded_by_the_groups_newer_one(store, cloc
     ).rows)  # fmt: skip
     assert statuses == {"superseded": 1, "delivered": 1}
     h.close()
+
+
+def test_process_tick_and_reads_from_several_threads_stay_consistent(store, clock, recorder):
+    import threading
+
+    clock.set(float(int(time.time())))  # alert_events TTL: see the outage test
+    h = _harness(store, clock, [webhook(recorder)])
+    signals = [sig(pool=p) for p in ("a", "b", "c")]
+    done, errors = threading.Event(), []
+
+    def evaluate():  # type: ignore[no-untyped-def]
+        try:
+            for _ in range(120):
+                h.engine.process(signals, clock.advance(1))
+        except Exception as exc:  # surfaced by the assertion below
+            errors.append(exc)
+        finally:
+            done.set()
+
+    def deliver_and_read():  # type: ignore[no-untyped-def]
+        try:
+            while not done.is_set():
+                h.engine.tick(clock.now())
+                h.engine.alerts()
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=evaluate), threading.Thread(target=deliver_and_read)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    h.engine.tick(clock.now())
+    assert errors == []
+    assert len(recorder.received) == 1 and len(recorder.received[0].json["alerts"]) == 3
+    assert h.engine.flush_writes()
+    rows = store.query("SELECT state, count() FROM alert_events GROUP BY state").rows
+    assert rows == [("firing", 3)]
+    h.close()
