@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from collector.errors import PricingError
-from collector.records import RequestRecord
+from collector.records import ReplicaSample, RequestRecord
 
 _MTOK = 1_000_000.0
 _CACHE_MAX = 4096  # distinct model names remembered by the pattern cache
@@ -188,6 +189,42 @@ class Pricer:
     def request_cost(self, record: RequestRecord) -> float:
         """USD for one request (see the module docstring for the rules)."""
         return self.cost(record).total_usd
+
+
+class ConcurrencyTracker:
+    """A ``Sink`` wrapper that remembers each replica's latest ``running`` gauge.
+
+    Put it between the scraper and the writer (``ConcurrencyTracker(writer)``) and pass
+    it as ``Pricer(concurrency=tracker)``: self-hosted requests are then charged their
+    share of a replica that serves several at once. Readings older than ``max_age_s``
+    (on the injected monotonic clock) are ignored.
+    """
+
+    def __init__(
+        self,
+        sink: Any = None,
+        *,
+        max_age_s: float = 120.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self._sink = sink
+        self._max_age = max_age_s
+        self._now = clock or time.monotonic
+        self._latest: dict[tuple[str, str], tuple[float, float]] = {}  # -> (running, at)
+
+    def emit(self, records: Sequence[Any]) -> None:
+        now = self._now()
+        for r in records:
+            if isinstance(r, ReplicaSample) and r.up and r.running is not None:
+                self._latest[(r.pool, r.replica)] = (r.running, now)
+        if self._sink is not None:
+            self._sink.emit(records)
+
+    def __call__(self, pool: str, replica: str) -> float | None:
+        found = self._latest.get((pool, replica))
+        if found is None or self._now() - found[1] > self._max_age:
+            return None
+        return found[0]
 
 
 def _as_dict(obj: Any) -> dict[str, Any]:

@@ -147,3 +147,25 @@ def test_the_config_refuses_a_broken_regex_with_its_path() -> None:
 def test_a_pool_price_must_be_sane() -> None:
     with pytest.raises(PricingError, match="pool 'p'"):
         PoolPrice("p", gpu_hour_usd=-1.0)
+
+
+def test_the_concurrency_tracker_shares_a_replica_among_its_running_requests() -> None:
+    from collector.pricing import ConcurrencyTracker
+    from collector.records import ListSink, ReplicaSample
+
+    now = [100.0]
+    downstream = ListSink()
+    tracker = ConcurrencyTracker(downstream, max_age_s=60, clock=lambda: now[0])
+    samples = [
+        ReplicaSample(ts=T0, pool="chat", replica="r0", running=4.0),
+        ReplicaSample(ts=T0, pool="chat", replica="r1", running=2.0, up=False),
+    ]
+    tracker.emit(samples)
+    assert downstream.records == samples  # passes everything on
+    pricer = Pricer([], [CHAT], concurrency=tracker)
+    r0 = req(pool="chat", replica="r0", prefill_us=500_000, decode_us=2_000_000)
+    r1 = req(pool="chat", replica="r1", prefill_us=500_000, decode_us=2_000_000)
+    assert pricer.request_cost(r0) == pytest.approx(0.005 / 4)
+    assert pricer.request_cost(r1) == pytest.approx(0.005)  # a down replica's gauge is ignored
+    now[0] += 61
+    assert pricer.request_cost(r0) == pytest.approx(0.005)  # stale: as if alone
