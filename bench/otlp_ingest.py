@@ -59,8 +59,9 @@ class NullSink:
 
 
 def payloads(total: int, batch: int) -> list[bytes]:
-    tp = TracerProvider(resource=Resource.create({"service.name": "chat-8b",
-                                                  "service.instance.id": "chat-8b-0"}))
+    tp = TracerProvider(
+        resource=Resource.create({"service.name": "chat-8b", "service.instance.id": "chat-8b-0"})
+    )
     tracer = tp.get_tracer("vllm.entrypoints.openai.api_server")
     now = time.time_ns()
     out = []
@@ -112,8 +113,7 @@ def pricer() -> Any:
 
 
 CONFIG = (
-    "pools:\n"
-    "  - {name: chat-8b, model: meta-llama/Llama-3.1-8B-Instruct, gpu_hour_usd: 2.49}\n"
+    "pools:\n  - {name: chat-8b, model: meta-llama/Llama-3.1-8B-Instruct, gpu_hour_usd: 2.49}\n"
 )
 
 
@@ -196,9 +196,23 @@ def stage_http(bodies: list[bytes], total: int, data_dir: Path) -> float:
     env = {**os.environ, "GOVERNOR_API_TOKENS": TOKENS}
     config = data_dir / "governor.yaml"
     config.write_text(CONFIG)
-    cmd = ["taskset", "-c", "0", sys.executable, "-m", "controlplane.cli", "--log-level",
-           "WARNING", "serve", "--port", str(port), "--data-dir", str(data_dir / "serve"),
-           "--config", str(config)]
+    cmd = [
+        "taskset",
+        "-c",
+        "0",
+        sys.executable,
+        "-m",
+        "controlplane.cli",
+        "--log-level",
+        "WARNING",
+        "serve",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir / "serve"),
+        "--config",
+        str(config),
+    ]
     log = (data_dir / "serve.log").open("wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
@@ -259,8 +273,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     bodies = payloads(args.spans, args.batch)
     n = args.spans
     size = sum(len(b) for b in bodies)
-    print(f"{n} spans in {len(bodies)} requests of {args.batch}, {size / n:.0f} B/span protobuf;"
-          f" load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(
+        f"{n} spans in {len(bodies)} requests of {args.batch}, {size / n:.0f} B/span protobuf;"
+        f" load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
     tmp = Path(tempfile.mkdtemp(prefix="bench-otlp-"))
     try:
         rows = [
@@ -275,8 +291,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         base = rows[0][1]
         print(f"{'stage':<24} {'seconds':>8} {'spans/s':>10} {'us/span':>8} {'x parse':>8}")
         for name, secs in rows:
-            print(f"{name:<24} {secs:>8.2f} {n / secs:>10,.0f} {secs / n * 1e6:>8.1f} "
-                  f"{secs / base:>8.1f}")
+            print(
+                f"{name:<24} {secs:>8.2f} {n / secs:>10,.0f} {secs / n * 1e6:>8.1f} "
+                f"{secs / base:>8.1f}"
+            )
         if args.profile:
             print(profile(bodies, tmp / "prof"))
     finally:

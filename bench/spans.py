@@ -41,39 +41,54 @@ class NullSink:
 
 def make_spans(n: int, llm_share: float) -> list[ReadableSpan]:
     """Finished spans from a provider with no processor: vLLM-shaped and plain HTTP ones."""
-    tp = TracerProvider(resource=Resource.create({"service.name": "chat-8b",
-                                                  "service.instance.id": "chat-8b-0"}))
+    tp = TracerProvider(
+        resource=Resource.create({"service.name": "chat-8b", "service.instance.id": "chat-8b-0"})
+    )
     tracer = tp.get_tracer("bench")
     spans: list[ReadableSpan] = []
     every = max(int(round(1 / llm_share)), 1) if llm_share > 0 else 0
     for i in range(n):
         if every and i % every == 0:
-            span = tracer.start_span("llm_request", kind=SpanKind.SERVER, attributes={
-                "gen_ai.response.model": "meta-llama/Llama-3.1-8B-Instruct",
-                "gen_ai.request.id": f"cmpl-{i}",
-                "gen_ai.usage.prompt_tokens": 800 + i % 50,
-                "gen_ai.usage.completion_tokens": 200 + i % 30,
-                "gen_ai.latency.time_to_first_token": 0.2,
-                "gen_ai.latency.e2e": 4.2,
-                "gen_ai.latency.time_in_queue": 0.01,
-                "gen_ai.latency.time_in_model_prefill": 0.19,
-                "gen_ai.latency.time_in_model_decode": 4.0,
-                "gen_ai.latency.time_in_model_inference": 4.19,
-                "gen_ai.request.max_tokens": 512,
-            })
+            span = tracer.start_span(
+                "llm_request",
+                kind=SpanKind.SERVER,
+                attributes={
+                    "gen_ai.response.model": "meta-llama/Llama-3.1-8B-Instruct",
+                    "gen_ai.request.id": f"cmpl-{i}",
+                    "gen_ai.usage.prompt_tokens": 800 + i % 50,
+                    "gen_ai.usage.completion_tokens": 200 + i % 30,
+                    "gen_ai.latency.time_to_first_token": 0.2,
+                    "gen_ai.latency.e2e": 4.2,
+                    "gen_ai.latency.time_in_queue": 0.01,
+                    "gen_ai.latency.time_in_model_prefill": 0.19,
+                    "gen_ai.latency.time_in_model_decode": 4.0,
+                    "gen_ai.latency.time_in_model_inference": 4.19,
+                    "gen_ai.request.max_tokens": 512,
+                },
+            )
         else:
-            span = tracer.start_span("GET /v1/models", kind=SpanKind.SERVER, attributes={
-                "http.request.method": "GET", "url.path": "/v1/models",
-                "http.response.status_code": 200, "server.address": "10.0.0.7",
-            })
+            span = tracer.start_span(
+                "GET /v1/models",
+                kind=SpanKind.SERVER,
+                attributes={
+                    "http.request.method": "GET",
+                    "url.path": "/v1/models",
+                    "http.response.status_code": 200,
+                    "server.address": "10.0.0.7",
+                },
+            )
         span.end()
         spans.append(span)  # type: ignore[arg-type]
     return spans
 
 
 def parked_bsp(n: int) -> BatchSpanProcessor:
-    return BatchSpanProcessor(NoOpExporter(), max_queue_size=n + 1,
-                              max_export_batch_size=n + 1, schedule_delay_millis=3_600_000)
+    return BatchSpanProcessor(
+        NoOpExporter(),
+        max_queue_size=n + 1,
+        max_export_batch_size=n + 1,
+        schedule_delay_millis=3_600_000,
+    )
 
 
 def parked_llm(n: int) -> LLMSpanProcessor:
@@ -106,14 +121,16 @@ def run(n: int, rounds: int) -> list[dict[str, Any]]:
             llm.append(b)
             bsp_total.append(a_total)
             llm_total.append(b_total)
-        results.append({
-            "mix": label,
-            "bsp_ns": statistics.median(bsp),
-            "llm_ns": statistics.median(llm),
-            "ratio": statistics.median(llm) / statistics.median(bsp),
-            "bsp_total_ns": statistics.median(bsp_total),
-            "llm_total_ns": statistics.median(llm_total),
-        })
+        results.append(
+            {
+                "mix": label,
+                "bsp_ns": statistics.median(bsp),
+                "llm_ns": statistics.median(llm),
+                "ratio": statistics.median(llm) / statistics.median(bsp),
+                "bsp_total_ns": statistics.median(bsp_total),
+                "llm_total_ns": statistics.median(llm_total),
+            }
+        )
     return results
 
 
@@ -122,13 +139,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--spans", type=int, default=20000)
     ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args(argv)
-    print(f"python {sys.version.split()[0]}, {args.spans} spans x {args.rounds} rounds, "
-          "median per span")
-    print(f"{'mix':<16} {'BSP on_end':>11} {'LLM on_end':>11} {'ratio':>6} "
-          f"{'BSP +drain':>11} {'LLM +drain':>11}")
+    print(
+        f"python {sys.version.split()[0]}, {args.spans} spans x {args.rounds} rounds, "
+        "median per span"
+    )
+    print(
+        f"{'mix':<16} {'BSP on_end':>11} {'LLM on_end':>11} {'ratio':>6} "
+        f"{'BSP +drain':>11} {'LLM +drain':>11}"
+    )
     for r in run(args.spans, args.rounds):
-        print(f"{r['mix']:<16} {r['bsp_ns']:>9.0f}ns {r['llm_ns']:>9.0f}ns {r['ratio']:>6.2f} "
-              f"{r['bsp_total_ns']:>9.0f}ns {r['llm_total_ns']:>9.0f}ns")
+        print(
+            f"{r['mix']:<16} {r['bsp_ns']:>9.0f}ns {r['llm_ns']:>9.0f}ns {r['ratio']:>6.2f} "
+            f"{r['bsp_total_ns']:>9.0f}ns {r['llm_total_ns']:>9.0f}ns"
+        )
     return 0
 
 

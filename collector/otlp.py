@@ -53,8 +53,7 @@ def media_type(content_type: str | None) -> str:
     media = (content_type or "").split(";", 1)[0].strip().lower()
     if media not in CONTENT_TYPES:
         raise UnsupportedContent(
-            f"unsupported content type {content_type or '(none)'!r}: "
-            f"send {PROTOBUF} or {JSON}"
+            f"unsupported content type {content_type or '(none)'!r}: send {PROTOBUF} or {JSON}"
         )
     return media
 
@@ -75,9 +74,7 @@ def decompress(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
     try:
         out = d.decompress(body, max_bytes + 1)
         if len(out) > max_bytes or d.unconsumed_tail:
-            raise PayloadTooLarge(
-                f"body decompresses to more than the limit of {max_bytes} bytes"
-            )
+            raise PayloadTooLarge(f"body decompresses to more than the limit of {max_bytes} bytes")
         out += d.flush()
     except zlib.error as exc:
         raise OtlpDecodeError(f"body is not valid {enc} data: {exc}") from exc
@@ -88,8 +85,13 @@ def decompress(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
     return out
 
 
-def decode(body: bytes, content_type: str | None, content_encoding: str | None = None, *,
-           max_bytes: int = 16 * 1024 * 1024) -> TraceBatch:
+def decode(
+    body: bytes,
+    content_type: str | None,
+    content_encoding: str | None = None,
+    *,
+    max_bytes: int = 16 * 1024 * 1024,
+) -> TraceBatch:
     """Decode one ``POST /v1/traces`` body; raises an ``OtlpDecodeError`` saying what is wrong."""
     media = media_type(content_type)
     raw = decompress(body, content_encoding, max_bytes)
@@ -123,8 +125,10 @@ def decode_protobuf(raw: bytes) -> TraceBatch:
                 trace_id = sp.trace_id
                 span_id = sp.span_id
                 kind = sp.kind
-                if len(trace_id) not in (0, 16) or len(span_id) not in (0, 8) or not (
-                    0 <= kind < len(SPAN_KINDS)
+                if (
+                    len(trace_id) not in (0, 16)
+                    or len(span_id) not in (0, 8)
+                    or not (0 <= kind < len(SPAN_KINDS))
                 ):
                     _bad_span(sp, f"resource_spans[{ri}].scope_spans[{si}].spans[{pi}]")
                 status = sp.status
@@ -251,19 +255,26 @@ def _json_batch(doc: Any) -> TraceBatch:
                         name=name,
                         attributes=attrs,
                         resource=resource,
-                        start_ns=_int(_get(sp, ("startTimeUnixNano", "start_time_unix_nano"), 0),
-                                      where + ".startTimeUnixNano"),
-                        end_ns=_int(_get(sp, ("endTimeUnixNano", "end_time_unix_nano"), 0),
-                                    where + ".endTimeUnixNano"),
-                        kind=_kind(_enum(_get(sp, ("kind",), 0), _KIND_NAMES, where + ".kind"),
-                                   where),
-                        status_error=_enum(_get(status, ("code",), 0), _STATUS_NAMES,
-                                           where + ".status.code") == _STATUS_ERROR,
+                        start_ns=_int(
+                            _get(sp, ("startTimeUnixNano", "start_time_unix_nano"), 0),
+                            where + ".startTimeUnixNano",
+                        ),
+                        end_ns=_int(
+                            _get(sp, ("endTimeUnixNano", "end_time_unix_nano"), 0),
+                            where + ".endTimeUnixNano",
+                        ),
+                        kind=_kind(
+                            _enum(_get(sp, ("kind",), 0), _KIND_NAMES, where + ".kind"), where
+                        ),
+                        status_error=_enum(
+                            _get(status, ("code",), 0), _STATUS_NAMES, where + ".status.code"
+                        )
+                        == _STATUS_ERROR,
                         status_message=message,
-                        trace_id=_hex_id(_get(sp, ("traceId", "trace_id"), ""), 16,
-                                         where + ".traceId"),
-                        span_id=_hex_id(_get(sp, ("spanId", "span_id"), ""), 8,
-                                        where + ".spanId"),
+                        trace_id=_hex_id(
+                            _get(sp, ("traceId", "trace_id"), ""), 16, where + ".traceId"
+                        ),
+                        span_id=_hex_id(_get(sp, ("spanId", "span_id"), ""), 8, where + ".spanId"),
                     )
                 )
     return batch
@@ -371,8 +382,9 @@ def _json_value(v: Any, where: str) -> Any:
     if "kvlistValue" in v or "kvlist_value" in v:
         kvl = _get(v, ("kvlistValue", "kvlist_value"), {})
         _expect(kvl, dict, where + ".kvlistValue")
-        return _json_attrs(_list(kvl, ("values",), where + ".kvlistValue"),
-                           where + ".kvlistValue.values")
+        return _json_attrs(
+            _list(kvl, ("values",), where + ".kvlistValue"), where + ".kvlistValue.values"
+        )
     if "bytesValue" in v or "bytes_value" in v:
         raw = _get(v, ("bytesValue", "bytes_value"), "")
         _expect(raw, str, where + ".bytesValue")

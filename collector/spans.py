@@ -165,7 +165,8 @@ class LLMSpanProcessor(SpanProcessor):
         if self._worker.is_alive():
             log.warning(
                 "LLM span processor did not drain within %.0f ms; %d spans still queued",
-                timeout_millis, len(self._queue),
+                timeout_millis,
+                len(self._queue),
             )
 
     # --- worker --------------------------------------------------------------------------
@@ -212,7 +213,9 @@ class LLMSpanProcessor(SpanProcessor):
                 if self.rejected % _LOG_EVERY == 1:
                     log.warning(
                         "LLM span %r not recorded: %s (%d rejected so far)",
-                        span.name, exc, self.rejected,
+                        span.name,
+                        exc,
+                        self.rejected,
                     )
                 continue
             except Exception:
@@ -243,8 +246,11 @@ class _ProcessorCollector:
             ("governor_spans_dropped", "LLM spans dropped: queue full or shut down", p.dropped),
             ("governor_spans_mapped", "LLM spans mapped to request records", p.mapped),
             ("governor_spans_ignored", "Spans that are not LLM requests", p.ignored),
-            ("governor_spans_rejected", "LLM spans whose attributes could not be mapped",
-             p.rejected),
+            (
+                "governor_spans_rejected",
+                "LLM spans whose attributes could not be mapped",
+                p.rejected,
+            ),
             ("governor_spans_emit_errors", "Records the sink refused", p.emit_errors),
         ):
             yield CounterMetricFamily(name, doc, value=value)

@@ -88,11 +88,15 @@ class OtlpIngest:
         self._token = token.encode() if token else None
         reg = registry or CollectorRegistry()
         self._spans = Counter(
-            "governor_otlp_spans", "Spans received over OTLP/HTTP, by outcome", ["outcome"],
+            "governor_otlp_spans",
+            "Spans received over OTLP/HTTP, by outcome",
+            ["outcome"],
             registry=reg,
         )
         self._requests = Counter(
-            "governor_otlp_requests", "OTLP/HTTP export requests, by result", ["result"],
+            "governor_otlp_requests",
+            "OTLP/HTTP export requests, by result",
+            ["result"],
             registry=reg,
         )
 
@@ -146,8 +150,7 @@ class OtlpIngest:
             with self._emit_lock:
                 if self._room is not None and self._room() < len(records):
                     raise IngestOverloaded(
-                        f"the store writer's queue has no room for {len(records)} rows; "
-                        "retry later"
+                        f"the store writer's queue has no room for {len(records)} rows; retry later"
                     )
                 self._sink.emit(records)
         ignored = batch.total - len(records) - rejected
@@ -176,8 +179,13 @@ def _receiver_token(cfg: GovernorConfig) -> str | None:
     if not token:
         # Named but missing: refuse to start rather than silently accept anyone.
         raise ConfigError(
-            [Problem(cfg.source or "<config>", "ingest.receiver_token_env",
-                     f"environment variable {env} is not set or empty")]
+            [
+                Problem(
+                    cfg.source or "<config>",
+                    "ingest.receiver_token_env",
+                    f"environment variable {env} is not set or empty",
+                )
+            ]
         )
     return token
 
@@ -232,8 +240,9 @@ def shared_writer(ctx: AppContext) -> Sink:
         return existing
     from collector.writer import Writer
 
-    writer = Writer(ctx.store, is_retryable=_is_retryable, registry=ctx.registry,
-                    **_writer_options(ctx))
+    writer = Writer(
+        ctx.store, is_retryable=_is_retryable, registry=ctx.registry, **_writer_options(ctx)
+    )
     ctx.services[WRITER_SERVICE] = writer
     ctx.add(writer)
     return writer
@@ -249,7 +258,8 @@ def build_otlp_ingest(ctx: AppContext) -> None:
     if token is None and not is_loopback(cfg.server.host):
         log.warning(
             "POST /v1/traces accepts exports without a token on %s; set "
-            "ingest.receiver_token_env to require one", cfg.server.host,
+            "ingest.receiver_token_env to require one",
+            cfg.server.host,
         )
     writer = shared_writer(ctx)
     ctx.services[SERVICE] = OtlpIngest(
@@ -264,6 +274,10 @@ def build_otlp_ingest(ctx: AppContext) -> None:
 
 
 __all__ = [
-    "IngestOverloaded", "IngestResult", "OtlpIngest", "build_otlp_ingest", "mapping_from_config",
+    "IngestOverloaded",
+    "IngestResult",
+    "OtlpIngest",
+    "build_otlp_ingest",
+    "mapping_from_config",
     "shared_writer",
 ]

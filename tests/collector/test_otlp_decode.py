@@ -31,20 +31,35 @@ T0 = 1_763_700_000_000_000_000
 def sdk_spans():
     """Finished spans from the real SDK: a vLLM llm_request, a GenAI chat, and an HTTP span."""
     exporter = InMemorySpanExporter()
-    tp = TracerProvider(resource=Resource.create({"service.name": "chat-8b",
-                                                  "k8s.pod.name": "chat-8b-7d9f"}))
+    tp = TracerProvider(
+        resource=Resource.create({"service.name": "chat-8b", "k8s.pod.name": "chat-8b-7d9f"})
+    )
     tp.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = tp.get_tracer("vllm.entrypoints")
-    span = tracer.start_span("llm_request", kind=SpanKind.SERVER, start_time=T0, attributes={
-        "gen_ai.usage.prompt_tokens": 812, "gen_ai.usage.completion_tokens": 201,
-        "gen_ai.latency.time_to_first_token": 0.25, "gen_ai.latency.e2e": 4.25,
-        "gen_ai.request.id": "cmpl-1",
-    })
+    span = tracer.start_span(
+        "llm_request",
+        kind=SpanKind.SERVER,
+        start_time=T0,
+        attributes={
+            "gen_ai.usage.prompt_tokens": 812,
+            "gen_ai.usage.completion_tokens": 201,
+            "gen_ai.latency.time_to_first_token": 0.25,
+            "gen_ai.latency.e2e": 4.25,
+            "gen_ai.request.id": "cmpl-1",
+        },
+    )
     span.end(end_time=T0 + 4_300_000_000)
-    span = tracer.start_span("chat gpt-4o", kind=SpanKind.CLIENT, start_time=T0, attributes={
-        "gen_ai.operation.name": "chat", "gen_ai.response.finish_reasons": ["stop", "length"],
-        "gen_ai.usage.input_tokens": 10, "llm.flag": True,
-    })
+    span = tracer.start_span(
+        "chat gpt-4o",
+        kind=SpanKind.CLIENT,
+        start_time=T0,
+        attributes={
+            "gen_ai.operation.name": "chat",
+            "gen_ai.response.finish_reasons": ["stop", "length"],
+            "gen_ai.usage.input_tokens": 10,
+            "llm.flag": True,
+        },
+    )
     span.set_status(Status(StatusCode.ERROR, "rate limited"))
     span.end(end_time=T0 + 1_000_000_000)
     tracer.start_span("GET /v1/models", start_time=T0).end(end_time=T0 + 1000)
@@ -74,12 +89,19 @@ def test_protobuf_from_the_real_exporter_decodes_llm_spans_only():
     assert chat.attributes["llm.flag"] is True
 
 
-@pytest.mark.parametrize("encoding, compress", [
-    ("gzip", gzip.compress),
-    ("deflate", zlib.compress),
-    ("identity", lambda b: b),
-], ids=["a gzip body decodes like the plain one", "a deflate body decodes like the plain one",
-        "identity encoding is the plain body"])
+@pytest.mark.parametrize(
+    "encoding, compress",
+    [
+        ("gzip", gzip.compress),
+        ("deflate", zlib.compress),
+        ("identity", lambda b: b),
+    ],
+    ids=[
+        "a gzip body decodes like the plain one",
+        "a deflate body decodes like the plain one",
+        "identity encoding is the plain body",
+    ],
+)
 def test_compressed_bodies_decode_like_plain_ones(encoding, compress):
     body = protobuf_body()
     assert decode(compress(body), PROTOBUF, encoding).spans == decode(body, PROTOBUF).spans
@@ -87,30 +109,65 @@ def test_compressed_bodies_decode_like_plain_ones(encoding, compress):
 
 def otlp_json(spans=None, resource_attrs=None) -> dict:
     """An OTLP/JSON document as the spec writes it: hex ids, enum ints, int64 as strings."""
-    return {"resourceSpans": [{
-        "resource": {"attributes": resource_attrs or [
-            {"key": "service.name", "value": {"stringValue": "chat-8b"}},
-        ]},
-        "scopeSpans": [{"scope": {"name": "vllm"}, "spans": spans if spans is not None else [{
-            "traceId": "5B8EFFF798038103D269B633813FC60C",
-            "spanId": "EEE19B7EC3C1B174",
-            "name": "llm_request",
-            "kind": 2,
-            "startTimeUnixNano": str(T0),
-            "endTimeUnixNano": str(T0 + 2_000_000_000),
-            "attributes": [
-                {"key": "gen_ai.usage.prompt_tokens", "value": {"intValue": "128"}},
-                {"key": "gen_ai.usage.completion_tokens", "value": {"intValue": 64}},
-                {"key": "gen_ai.latency.e2e", "value": {"doubleValue": 2.0}},
-                {"key": "gen_ai.response.finish_reasons",
-                 "value": {"arrayValue": {"values": [{"stringValue": "stop"}]}}},
-                {"key": "blob", "value": {"bytesValue": "AAEC"}},
-                {"key": "meta", "value": {"kvlistValue": {"values": [
-                    {"key": "a", "value": {"boolValue": True}}]}}},
-            ],
-            "status": {"code": 2, "message": "oops"},
-        }, {"name": "SELECT", "traceId": "", "spanId": ""}]}],
-    }]}
+    return {
+        "resourceSpans": [
+            {
+                "resource": {
+                    "attributes": resource_attrs
+                    or [
+                        {"key": "service.name", "value": {"stringValue": "chat-8b"}},
+                    ]
+                },
+                "scopeSpans": [
+                    {
+                        "scope": {"name": "vllm"},
+                        "spans": spans
+                        if spans is not None
+                        else [
+                            {
+                                "traceId": "5B8EFFF798038103D269B633813FC60C",
+                                "spanId": "EEE19B7EC3C1B174",
+                                "name": "llm_request",
+                                "kind": 2,
+                                "startTimeUnixNano": str(T0),
+                                "endTimeUnixNano": str(T0 + 2_000_000_000),
+                                "attributes": [
+                                    {
+                                        "key": "gen_ai.usage.prompt_tokens",
+                                        "value": {"intValue": "128"},
+                                    },
+                                    {
+                                        "key": "gen_ai.usage.completion_tokens",
+                                        "value": {"intValue": 64},
+                                    },
+                                    {"key": "gen_ai.latency.e2e", "value": {"doubleValue": 2.0}},
+                                    {
+                                        "key": "gen_ai.response.finish_reasons",
+                                        "value": {
+                                            "arrayValue": {"values": [{"stringValue": "stop"}]}
+                                        },
+                                    },
+                                    {"key": "blob", "value": {"bytesValue": "AAEC"}},
+                                    {
+                                        "key": "meta",
+                                        "value": {
+                                            "kvlistValue": {
+                                                "values": [
+                                                    {"key": "a", "value": {"boolValue": True}}
+                                                ]
+                                            }
+                                        },
+                                    },
+                                ],
+                                "status": {"code": 2, "message": "oops"},
+                            },
+                            {"name": "SELECT", "traceId": "", "spanId": ""},
+                        ],
+                    }
+                ],
+            }
+        ]
+    }
 
 
 def test_otlp_json_decodes_hex_ids_string_ints_and_nested_values():
@@ -122,9 +179,12 @@ def test_otlp_json_decodes_hex_ids_string_ints_and_nested_values():
     assert v.kind == "server" and v.status_error and v.status_message == "oops"
     assert v.start_ns == T0 and v.end_ns == T0 + 2_000_000_000
     assert v.attributes == {
-        "gen_ai.usage.prompt_tokens": 128, "gen_ai.usage.completion_tokens": 64,
-        "gen_ai.latency.e2e": 2.0, "gen_ai.response.finish_reasons": ["stop"],
-        "blob": "000102", "meta": {"a": True},
+        "gen_ai.usage.prompt_tokens": 128,
+        "gen_ai.usage.completion_tokens": 64,
+        "gen_ai.latency.e2e": 2.0,
+        "gen_ai.response.finish_reasons": ["stop"],
+        "blob": "000102",
+        "meta": {"a": True},
     }
     assert v.resource == {"service.name": "chat-8b"}
 
@@ -137,6 +197,7 @@ def test_protobuf_and_json_of_the_same_spans_give_the_same_views():
     # Protobuf's JSON mapping writes ids as base64 (OTLP/JSON requires hex) and enums as
     # names (OTLP/JSON requires integers; the names are accepted too).
     import base64
+
     for rs in doc["resourceSpans"]:
         for ss in rs["scopeSpans"]:
             for sp in ss["spans"]:
@@ -151,37 +212,68 @@ def test_protobuf_and_json_of_the_same_spans_give_the_same_views():
 
 BAD_JSON = [
     ("a body that is not JSON says so", b"{not json", "body is not valid JSON"),
-    ("resourceSpans that is not an array is named",
-     json.dumps({"resourceSpans": {}}).encode(), "resourceSpans: expected an array, got dict"),
-    ("a start time that is not an integer is named with its path",
-     json.dumps(otlp_json([{"name": "llm_request", "startTimeUnixNano": "soon"}])).encode(),
-     r"resourceSpans\[0\]\.scopeSpans\[0\]\.spans\[0\]\.startTimeUnixNano: expected an integer"),
-    ("a trace id of the wrong length is named",
-     json.dumps(otlp_json([{"name": "llm_request", "traceId": "abcd"}])).encode(),
-     r"spans\[0\]\.traceId: expected 32 hex characters, got 'abcd'"),
-    ("an attribute value of unknown type is named",
-     json.dumps(otlp_json([{"name": "llm_request", "attributes": [
-         {"key": "k", "value": {"floatValue": 1}}]}])).encode(),
-     r"attributes\[0\]\.value: unknown value type floatValue"),
-    ("a double attribute given as text is refused",
-     json.dumps(otlp_json([{"name": "llm_request", "attributes": [
-         {"key": "gen_ai.latency.e2e", "value": {"doubleValue": "fast"}}]}])).encode(),
-     r"doubleValue: expected a number, got 'fast'"),
-    ("an unknown span kind is refused",
-     json.dumps(otlp_json([{"name": "llm_request", "kind": 9}])).encode(),
-     "unknown span kind 9"),
+    (
+        "resourceSpans that is not an array is named",
+        json.dumps({"resourceSpans": {}}).encode(),
+        "resourceSpans: expected an array, got dict",
+    ),
+    (
+        "a start time that is not an integer is named with its path",
+        json.dumps(otlp_json([{"name": "llm_request", "startTimeUnixNano": "soon"}])).encode(),
+        r"resourceSpans\[0\]\.scopeSpans\[0\]\.spans\[0\]\.startTimeUnixNano: expected an integer",
+    ),
+    (
+        "a trace id of the wrong length is named",
+        json.dumps(otlp_json([{"name": "llm_request", "traceId": "abcd"}])).encode(),
+        r"spans\[0\]\.traceId: expected 32 hex characters, got 'abcd'",
+    ),
+    (
+        "an attribute value of unknown type is named",
+        json.dumps(
+            otlp_json(
+                [{"name": "llm_request", "attributes": [{"key": "k", "value": {"floatValue": 1}}]}]
+            )
+        ).encode(),
+        r"attributes\[0\]\.value: unknown value type floatValue",
+    ),
+    (
+        "a double attribute given as text is refused",
+        json.dumps(
+            otlp_json(
+                [
+                    {
+                        "name": "llm_request",
+                        "attributes": [
+                            {"key": "gen_ai.latency.e2e", "value": {"doubleValue": "fast"}}
+                        ],
+                    }
+                ]
+            )
+        ).encode(),
+        r"doubleValue: expected a number, got 'fast'",
+    ),
+    (
+        "an unknown span kind is refused",
+        json.dumps(otlp_json([{"name": "llm_request", "kind": 9}])).encode(),
+        "unknown span kind 9",
+    ),
     ("a top-level array is refused", b"[]", "body: expected an object, got list"),
-    ("a superscript digit is not an integer",
-     json.dumps(otlp_json([{"name": "llm_request", "startTimeUnixNano": "\u00b2"}])).encode(),
-     "startTimeUnixNano: expected an integer"),
-    ("an integer too long for int64 is refused",
-     json.dumps(otlp_json([{"name": "llm_request", "startTimeUnixNano": "9" * 5000}])).encode(),
-     "startTimeUnixNano: expected an integer"),
+    (
+        "a superscript digit is not an integer",
+        json.dumps(otlp_json([{"name": "llm_request", "startTimeUnixNano": "\u00b2"}])).encode(),
+        "startTimeUnixNano: expected an integer",
+    ),
+    (
+        "an integer too long for int64 is refused",
+        json.dumps(otlp_json([{"name": "llm_request", "startTimeUnixNano": "9" * 5000}])).encode(),
+        "startTimeUnixNano: expected an integer",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("body", "message"), [c[1:] for c in BAD_JSON],
-                         ids=[c[0] for c in BAD_JSON])
+@pytest.mark.parametrize(
+    ("body", "message"), [c[1:] for c in BAD_JSON], ids=[c[0] for c in BAD_JSON]
+)
 def test_bad_json_is_rejected_with_a_message_saying_what_is_wrong(body, message):
     with pytest.raises(OtlpDecodeError, match=message):
         decode(body, JSON)
@@ -230,11 +322,15 @@ def test_a_plain_body_over_the_limit_is_too_large():
         decode(b"\0" * 2048, PROTOBUF, max_bytes=1024)
 
 
-@pytest.mark.parametrize(("ctype", "encoding", "message"), [
-    ("text/plain", None, "unsupported content type 'text/plain'"),
-    (None, None, r"unsupported content type '\(none\)'"),
-    (PROTOBUF, "br", "unsupported content encoding 'br'"),
-], ids=["text is not OTLP", "a missing content type is refused", "brotli is not supported"])
+@pytest.mark.parametrize(
+    ("ctype", "encoding", "message"),
+    [
+        ("text/plain", None, "unsupported content type 'text/plain'"),
+        (None, None, r"unsupported content type '\(none\)'"),
+        (PROTOBUF, "br", "unsupported content encoding 'br'"),
+    ],
+    ids=["text is not OTLP", "a missing content type is refused", "brotli is not supported"],
+)
 def test_unsupported_content_is_named(ctype, encoding, message):
     with pytest.raises(UnsupportedContent, match=message):
         decode(b"", ctype, encoding)
@@ -245,9 +341,11 @@ def test_partial_success_response_parses_as_the_exporter_reads_it():
     assert resp.partial_success.rejected_spans == 2
     assert resp.partial_success.error_message == "2 spans bad"
     assert not ExportTraceServiceResponse.FromString(success_body(PROTOBUF)).HasField(
-        "partial_success")
+        "partial_success"
+    )
     assert json.loads(success_body(JSON, 1, "x")) == {
-        "partialSuccess": {"rejectedSpans": "1", "errorMessage": "x"}}
+        "partialSuccess": {"rejectedSpans": "1", "errorMessage": "x"}
+    }
     assert json.loads(success_body(JSON)) == {}
 
 

@@ -49,14 +49,21 @@ class Served:
 
     def requests(self, pool: str = "") -> list[dict[str, Any]]:
         self.flush()
-        r = httpx.get(f"{self.url}/api/v1/requests", params={"since": "0", "pool": pool},
-                      headers={"Authorization": f"Bearer {VIEWER}"})
+        r = httpx.get(
+            f"{self.url}/api/v1/requests",
+            params={"since": "0", "pool": pool},
+            headers={"Authorization": f"Bearer {VIEWER}"},
+        )
         r.raise_for_status()
         return sorted(r.json()["requests"], key=lambda row: row["input_tokens"])
 
 
-def _start(store: Any, spool: Path, config: dict[str, Any] | None,
-           servers: list[tuple[uvicorn.Server, threading.Thread]]) -> Served:
+def _start(
+    store: Any,
+    spool: Path,
+    config: dict[str, Any] | None,
+    servers: list[tuple[uvicorn.Server, threading.Thread]],
+) -> Served:
     config = dict(config or {})
     if "writer" in GovernorConfig.model_fields:  # keep each server's spool to itself
         config["writer"] = {**config.get("writer", {}), "spool_dir": str(spool)}
@@ -103,8 +110,9 @@ def shared(chdb_path, tmp_path_factory) -> Iterator[Served]:
         st.close()
 
 
-def export_with_sdk(url: str, spans: list[dict[str, Any]], service: str = "chat-8b",
-                    **exporter_kw: Any) -> list[Any]:
+def export_with_sdk(
+    url: str, spans: list[dict[str, Any]], service: str = "chat-8b", **exporter_kw: Any
+) -> list[Any]:
     """Export spans through the real SDK + OTLP/HTTP exporter; returns the export results."""
     results: list[Any] = []
 
@@ -114,15 +122,21 @@ def export_with_sdk(url: str, spans: list[dict[str, Any]], service: str = "chat-
             results.append(result)
             return result
 
-    tp = TracerProvider(resource=Resource.create({"service.name": service,
-                                                  "service.instance.id": f"{service}-0"}))
-    tp.add_span_processor(SimpleSpanProcessor(Recording(endpoint=f"{url}/v1/traces",
-                                                        timeout=10, **exporter_kw)))
+    tp = TracerProvider(
+        resource=Resource.create({"service.name": service, "service.instance.id": f"{service}-0"})
+    )
+    tp.add_span_processor(
+        SimpleSpanProcessor(Recording(endpoint=f"{url}/v1/traces", timeout=10, **exporter_kw))
+    )
     tracer = tp.get_tracer("vllm.entrypoints.openai")
     now = time.time_ns()
     for s in spans:
-        span = tracer.start_span(s["name"], kind=s.get("kind", SpanKind.SERVER),
-                                 start_time=now - 5_000_000_000, attributes=s["attributes"])
+        span = tracer.start_span(
+            s["name"],
+            kind=s.get("kind", SpanKind.SERVER),
+            start_time=now - 5_000_000_000,
+            attributes=s["attributes"],
+        )
         span.end(end_time=now)
     tp.shutdown()
     return results
@@ -146,8 +160,9 @@ VLLM_SPAN = {
 
 def test_the_real_otlp_http_exporter_lands_rows_with_the_right_values(shared):
     s = shared
-    results = export_with_sdk(s.url, [VLLM_SPAN, {"name": "GET /health", "attributes": {}}],
-                              service="plain")
+    results = export_with_sdk(
+        s.url, [VLLM_SPAN, {"name": "GET /health", "attributes": {}}], service="plain"
+    )
     assert results == [SpanExportResult.SUCCESS, SpanExportResult.SUCCESS]
     (row,) = s.requests("plain")
     assert row["pool"] == "plain" and row["replica"] == "plain-0"
@@ -161,25 +176,35 @@ def test_the_real_otlp_http_exporter_lands_rows_with_the_right_values(shared):
 
 def test_gzip_compressed_exports_are_accepted(shared):
     s = shared
-    results = export_with_sdk(s.url, [VLLM_SPAN], service="gzipped",
-                              compression=Compression.Gzip)
+    results = export_with_sdk(s.url, [VLLM_SPAN], service="gzipped", compression=Compression.Gzip)
     assert results == [SpanExportResult.SUCCESS]
     assert len(s.requests("gzipped")) == 1
 
 
 def json_doc(spans: list[dict[str, Any]], pool: str) -> bytes:
-    return json.dumps({"resourceSpans": [{
-        "resource": {"attributes": [{"key": "service.name",
-                                     "value": {"stringValue": pool}}]},
-        "scopeSpans": [{"spans": spans}],
-    }]}).encode()
+    return json.dumps(
+        {
+            "resourceSpans": [
+                {
+                    "resource": {
+                        "attributes": [{"key": "service.name", "value": {"stringValue": pool}}]
+                    },
+                    "scopeSpans": [{"spans": spans}],
+                }
+            ]
+        }
+    ).encode()
 
 
 def json_span(i: int, **attrs: Any) -> dict[str, Any]:
     now = time.time_ns()
     return {
-        "traceId": f"{i:032x}", "spanId": f"{i:016x}", "name": "chat m", "kind": 3,
-        "startTimeUnixNano": str(now - 1_000_000_000), "endTimeUnixNano": str(now),
+        "traceId": f"{i:032x}",
+        "spanId": f"{i:016x}",
+        "name": "chat m",
+        "kind": 3,
+        "startTimeUnixNano": str(now - 1_000_000_000),
+        "endTimeUnixNano": str(now),
         "attributes": [{"key": "gen_ai.operation.name", "value": {"stringValue": "chat"}}]
         + [{"key": k, "value": v} for k, v in attrs.items()],
     }
@@ -187,10 +212,8 @@ def json_span(i: int, **attrs: Any) -> dict[str, Any]:
 
 def test_otlp_json_is_accepted_and_answered_in_json(shared):
     s = shared
-    body = json_doc([json_span(1, **{"gen_ai.usage.input_tokens": {"intValue": "7"}})],
-                    "json-pool")
-    r = httpx.post(f"{s.url}/v1/traces", content=body,
-                   headers={"Content-Type": "application/json"})
+    body = json_doc([json_span(1, **{"gen_ai.usage.input_tokens": {"intValue": "7"}})], "json-pool")
+    r = httpx.post(f"{s.url}/v1/traces", content=body, headers={"Content-Type": "application/json"})
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     assert r.json() == {}
     (row,) = s.requests("json-pool")
@@ -199,12 +222,14 @@ def test_otlp_json_is_accepted_and_answered_in_json(shared):
 
 def test_unmappable_spans_get_partial_success_and_the_good_ones_are_kept(shared):
     s = shared
-    body = json_doc([
-        json_span(1, **{"gen_ai.usage.input_tokens": {"intValue": "5"}}),
-        json_span(2, **{"gen_ai.usage.output_tokens": {"stringValue": "lots"}}),
-    ], "partial")
-    r = httpx.post(f"{s.url}/v1/traces", content=body,
-                   headers={"Content-Type": "application/json"})
+    body = json_doc(
+        [
+            json_span(1, **{"gen_ai.usage.input_tokens": {"intValue": "5"}}),
+            json_span(2, **{"gen_ai.usage.output_tokens": {"stringValue": "lots"}}),
+        ],
+        "partial",
+    )
+    r = httpx.post(f"{s.url}/v1/traces", content=body, headers={"Content-Type": "application/json"})
     assert r.status_code == 200
     partial = r.json()["partialSuccess"]
     assert partial["rejectedSpans"] == "1"
@@ -214,30 +239,40 @@ def test_unmappable_spans_get_partial_success_and_the_good_ones_are_kept(shared)
 
 def test_a_malformed_body_gets_400_with_a_message_and_the_server_keeps_serving(shared):
     s = shared
-    r = httpx.post(f"{s.url}/v1/traces", content=b"\x0a\xff\xff\xff",
-                   headers={"Content-Type": "application/x-protobuf"})
+    r = httpx.post(
+        f"{s.url}/v1/traces",
+        content=b"\x0a\xff\xff\xff",
+        headers={"Content-Type": "application/x-protobuf"},
+    )
     assert r.status_code == 400
     assert r.headers["content-type"] == "application/x-protobuf"
     status = status_pb2.Status.FromString(r.content)
     assert "not a valid protobuf ExportTraceServiceRequest" in status.message
-    r = httpx.post(f"{s.url}/v1/traces", content=b'{"resourceSpans": 3}',
-                   headers={"Content-Type": "application/json"})
+    r = httpx.post(
+        f"{s.url}/v1/traces",
+        content=b'{"resourceSpans": 3}',
+        headers={"Content-Type": "application/json"},
+    )
     assert r.status_code == 400
     assert r.json()["message"] == "resourceSpans: expected an array, got int"
-    assert export_with_sdk(s.url, [VLLM_SPAN], service="after-400") == [
-        SpanExportResult.SUCCESS]
+    assert export_with_sdk(s.url, [VLLM_SPAN], service="after-400") == [SpanExportResult.SUCCESS]
     assert len(s.requests("after-400")) == 1
 
 
 def test_bodies_over_the_limit_get_413_even_when_they_arrive_gzipped(serve):
     s = serve({"server": {"otlp_max_body_bytes": 4096}})
-    r = httpx.post(f"{s.url}/v1/traces", content=b"\0" * 5000,
-                   headers={"Content-Type": "application/x-protobuf"})
+    r = httpx.post(
+        f"{s.url}/v1/traces",
+        content=b"\0" * 5000,
+        headers={"Content-Type": "application/x-protobuf"},
+    )
     assert r.status_code == 413
     bomb = gzip.compress(b"\0" * 100_000)
-    r = httpx.post(f"{s.url}/v1/traces", content=bomb,
-                   headers={"Content-Type": "application/x-protobuf",
-                            "Content-Encoding": "gzip"})
+    r = httpx.post(
+        f"{s.url}/v1/traces",
+        content=bomb,
+        headers={"Content-Type": "application/x-protobuf", "Content-Encoding": "gzip"},
+    )
     assert r.status_code == 413
     assert "limit of 4096" in status_pb2.Status.FromString(r.content).message
 
@@ -253,11 +288,13 @@ def test_a_configured_receiver_token_is_required(serve, monkeypatch):
     monkeypatch.setenv("TEST_OTLP_TOKEN", "otlp-secret-abcdef")
     s = serve({"ingest": {"receiver_token_env": "TEST_OTLP_TOKEN"}})
     assert export_with_sdk(s.url, [VLLM_SPAN]) == [SpanExportResult.FAILURE]
-    r = httpx.post(f"{s.url}/v1/traces", content=b"", headers={
-        "Content-Type": "application/x-protobuf", "Authorization": "Bearer wrong"})
+    r = httpx.post(
+        f"{s.url}/v1/traces",
+        content=b"",
+        headers={"Content-Type": "application/x-protobuf", "Authorization": "Bearer wrong"},
+    )
     assert r.status_code == 401
-    ok = export_with_sdk(s.url, [VLLM_SPAN],
-                         headers={"Authorization": "Bearer otlp-secret-abcdef"})
+    ok = export_with_sdk(s.url, [VLLM_SPAN], headers={"Authorization": "Bearer otlp-secret-abcdef"})
     assert ok == [SpanExportResult.SUCCESS]
     assert len(s.requests()) == 1
 
@@ -270,8 +307,12 @@ def test_a_receiver_token_variable_that_is_not_set_stops_startup(store, monkeypa
 
 
 def test_pools_configured_by_model_claim_spans_without_a_pool_attribute(serve):
-    s = serve({"pools": [{"name": "llama-pool", "model": "meta-llama/Llama-3.1-8B-Instruct"}],
-               "ingest": {"pool_keys": ["governor.pool"]}})
+    s = serve(
+        {
+            "pools": [{"name": "llama-pool", "model": "meta-llama/Llama-3.1-8B-Instruct"}],
+            "ingest": {"pool_keys": ["governor.pool"]},
+        }
+    )
     export_with_sdk(s.url, [VLLM_SPAN])
     assert [row["pool"] for row in s.requests()] == ["llama-pool"]
     assert SERVICE in s.ctx.services
@@ -282,11 +323,13 @@ def test_a_full_writer_queue_answers_503_so_the_exporter_retries_and_nothing_is_
 ):
     s = serve({"writer": {"queue_max": 1}})
     two = json_doc([json_span(1), json_span(2)], "busy")
-    r = httpx.post(f"{s.url}/v1/traces", content=two,
-                   headers={"Content-Type": "application/json"})
+    r = httpx.post(f"{s.url}/v1/traces", content=two, headers={"Content-Type": "application/json"})
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
     assert "no room for 2 rows" in r.json()["message"]
-    r = httpx.post(f"{s.url}/v1/traces", content=json_doc([json_span(3)], "busy"),
-                   headers={"Content-Type": "application/json"})
+    r = httpx.post(
+        f"{s.url}/v1/traces",
+        content=json_doc([json_span(3)], "busy"),
+        headers={"Content-Type": "application/json"},
+    )
     assert r.status_code == 200
     assert [row["span_id"] for row in s.requests("busy")] == [f"{3:016x}"]

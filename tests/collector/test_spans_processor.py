@@ -50,15 +50,17 @@ class FailingSink:
 
 
 def provider_with(proc: LLMSpanProcessor, service: str = "chat-8b") -> TracerProvider:
-    tp = TracerProvider(resource=Resource.create({"service.name": service,
-                                                  "service.instance.id": "r-0"}))
+    tp = TracerProvider(
+        resource=Resource.create({"service.name": service, "service.instance.id": "r-0"})
+    )
     tp.add_span_processor(proc)
     return tp
 
 
 def end_llm_span(tracer: Any, attrs: dict[str, Any] | None = None) -> None:
-    with tracer.start_as_current_span("llm_request", kind=SpanKind.SERVER,
-                                      attributes=attrs or VLLM):
+    with tracer.start_as_current_span(
+        "llm_request", kind=SpanKind.SERVER, attributes=attrs or VLLM
+    ):
         pass
 
 
@@ -68,8 +70,9 @@ def test_llm_spans_from_the_sdk_become_request_records():
     tp = provider_with(proc)
     tracer = tp.get_tracer("test")
     try:
-        with tracer.start_as_current_span("llm_request", kind=SpanKind.SERVER,
-                                          attributes=VLLM) as span:
+        with tracer.start_as_current_span(
+            "llm_request", kind=SpanKind.SERVER, attributes=VLLM
+        ) as span:
             ctx = span.get_span_context()
         with tracer.start_as_current_span("GET /health"):
             pass
@@ -238,11 +241,15 @@ def test_mapping_configuration_is_applied_by_the_worker():
     assert sink.records[0].pool == "blue"
 
 
-@pytest.mark.parametrize(("kw", "message"), [
-    ({"queue_max": 0}, "queue_max must be at least 1"),
-    ({"batch_max": 0}, "batch_max must be at least 1"),
-    ({"interval_s": 0}, "interval_s must be positive"),
-], ids=["an empty queue is refused", "an empty batch is refused", "a zero interval is refused"])
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"queue_max": 0}, "queue_max must be at least 1"),
+        ({"batch_max": 0}, "batch_max must be at least 1"),
+        ({"interval_s": 0}, "interval_s must be positive"),
+    ],
+    ids=["an empty queue is refused", "an empty batch is refused", "a zero interval is refused"],
+)
 def test_bad_options_are_refused_at_construction(kw, message):
     with pytest.raises(ValueError, match=message):
         LLMSpanProcessor(ListSink(), **kw)

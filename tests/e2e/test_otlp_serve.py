@@ -55,8 +55,7 @@ def export(url: str, service: str, spans: list[tuple[str, SpanKind, dict[str, An
     tracer = tp.get_tracer("vllm.entrypoints.openai.api_server")
     end = time.time_ns()
     for name, kind, attrs in spans:
-        span = tracer.start_span(name, kind=kind, start_time=end - 3_000_000_000,
-                                 attributes=attrs)
+        span = tracer.start_span(name, kind=kind, start_time=end - 3_000_000_000, attributes=attrs)
         span.end(end_time=end)
     assert tp.force_flush(30_000)
     tp.shutdown()
@@ -92,26 +91,44 @@ def vllm_span(prompt: int, completion: int, ttft: float, e2e: float) -> dict[str
 
 
 def test_vllm_and_gateway_spans_become_request_rows(served: ServeProcess) -> None:
-    export(served.url, "", [
-        ("llm_request", SpanKind.SERVER, vllm_span(100, 51, 0.15, 1.15)),
-        ("llm_request", SpanKind.SERVER, vllm_span(200, 101, 0.30, 2.30)),
-    ])
-    export(served.url, "gateway", [
-        ("chat gpt-4o-mini", SpanKind.CLIENT, {
-            "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
-            "gen_ai.request.model": "gpt-4o-mini", "gen_ai.usage.input_tokens": 300,
-            "gen_ai.usage.output_tokens": 21, "gen_ai.response.time_to_first_chunk": 0.5,
-            "gen_ai.response.finish_reasons": ["stop"], "gen_ai.usage.cost": 0.000057,
-            "tenant.id": "acme",
-        }),
-        ("GET /healthz", SpanKind.SERVER, {"http.request.method": "GET"}),
-    ])
+    export(
+        served.url,
+        "",
+        [
+            ("llm_request", SpanKind.SERVER, vllm_span(100, 51, 0.15, 1.15)),
+            ("llm_request", SpanKind.SERVER, vllm_span(200, 101, 0.30, 2.30)),
+        ],
+    )
+    export(
+        served.url,
+        "gateway",
+        [
+            (
+                "chat gpt-4o-mini",
+                SpanKind.CLIENT,
+                {
+                    "gen_ai.operation.name": "chat",
+                    "gen_ai.provider.name": "openai",
+                    "gen_ai.request.model": "gpt-4o-mini",
+                    "gen_ai.usage.input_tokens": 300,
+                    "gen_ai.usage.output_tokens": 21,
+                    "gen_ai.response.time_to_first_chunk": 0.5,
+                    "gen_ai.response.finish_reasons": ["stop"],
+                    "gen_ai.usage.cost": 0.000057,
+                    "tenant.id": "acme",
+                },
+            ),
+            ("GET /healthz", SpanKind.SERVER, {"http.request.method": "GET"}),
+        ],
+    )
     got = rows(served, 3)
     assert len(got) == 3
     a, b, gw = got
     # vLLM rows: no service name, so the configured pool serving that model claims them.
-    for row, (inp, out, ttft_ms, tpot_ms) in ((a, (100, 51, 150.0, 20.0)),
-                                              (b, (200, 101, 300.0, 20.0))):
+    for row, (inp, out, ttft_ms, tpot_ms) in (
+        (a, (100, 51, 150.0, 20.0)),
+        (b, (200, 101, 300.0, 20.0)),
+    ):
         assert row["pool"] == "chat-8b"
         assert row["model"] == "meta-llama/Llama-3.1-8B-Instruct"
         assert (row["input_tokens"], row["output_tokens"]) == (inp, out)
@@ -135,13 +152,17 @@ def test_vllm_and_gateway_spans_become_request_rows(served: ServeProcess) -> Non
 
 def test_malformed_payloads_get_400_and_the_server_keeps_serving(served: ServeProcess) -> None:
     body = bytes.fromhex("0a8c01")  # resource_spans of 140 bytes announced, none sent
-    r = httpx.post(f"{served.url}/v1/traces", content=body,
-                   headers={"Content-Type": "application/x-protobuf"})
+    r = httpx.post(
+        f"{served.url}/v1/traces", content=body, headers={"Content-Type": "application/x-protobuf"}
+    )
     assert r.status_code == 400
     message = status_pb2.Status.FromString(r.content).message
     assert "not a valid protobuf ExportTraceServiceRequest" in message
-    r = httpx.post(f"{served.url}/v1/traces", content=b'{"resourceSpans": [{"scopeSpans": 1}]}',
-                   headers={"Content-Type": "application/json"})
+    r = httpx.post(
+        f"{served.url}/v1/traces",
+        content=b'{"resourceSpans": [{"scopeSpans": 1}]}',
+        headers={"Content-Type": "application/json"},
+    )
     assert r.status_code == 400
     assert r.json()["message"] == "resourceSpans[0].scopeSpans: expected an array, got int"
     assert httpx.get(f"{served.url}/healthz").status_code == 200

@@ -70,8 +70,12 @@ async def export_traces(request: Request) -> Response:
     body = await _read_limited(request, ingest.max_body_bytes)
     if body is None:
         ingest.count_request("too_large")
-        return _reply(media, 413, _RESOURCE_EXHAUSTED,
-                      f"body exceeds the limit of {ingest.max_body_bytes} bytes")
+        return _reply(
+            media,
+            413,
+            _RESOURCE_EXHAUSTED,
+            f"body exceeds the limit of {ingest.max_body_bytes} bytes",
+        )
     try:
         # Decoding and mapping are CPU work: keep them off the event loop.
         result = await run_in_threadpool(
