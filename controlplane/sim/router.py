@@ -17,6 +17,7 @@ limits; the local fleet actuator drives it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -53,6 +54,7 @@ DEFAULT_TENANT = "default"
 DEFAULT_PRIORITY = "0"
 # Connection failures before any byte was sent are retried on another replica.
 MAX_ATTEMPTS = 3
+MAX_DRAIN_WAIT_S = 600.0
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -179,8 +181,13 @@ def create_app(router: Router) -> FastAPI:
         return JSONResponse(router.balancer.remove(name).snapshot())
 
     @app.post("/admin/replicas/{name}/drain")
-    def drain(name: str) -> Response:
-        return JSONResponse(router.balancer.drain(name).snapshot())
+    async def drain(name: str, wait_s: float = 0.0) -> Response:
+        """Stop routing to ``name``; with ``wait_s``, answer once it is drained (or when
+        the wait is over, still ``draining``)."""
+        backend = router.balancer.drain(name)
+        if wait_s > 0:
+            await asyncio.to_thread(backend.drained.wait, min(wait_s, MAX_DRAIN_WAIT_S))
+        return JSONResponse(backend.snapshot())
 
     @app.post("/admin/replicas/{name}/undrain")
     def undrain(name: str) -> Response:

@@ -124,11 +124,14 @@ def test_drain_lets_in_flight_requests_finish_and_sends_new_ones_elsewhere(stack
         resp = client.post(fleet.url + "/v1/completions", json=body())
         assert resp.status_code == 200
         assert resp.headers[REPLICA_HEADER] == other
+    still = httpx.post(f"{fleet.url}/admin/replicas/{busy}/drain", params={"wait_s": 0.2})
+    assert still.json()["state"] == "draining"  # the wait ran out: it is still busy
     fleet.unhang(busy)
     lines = [line for line in held.iter_lines() if line.startswith("data: ")]
     assert lines[-1] == "data: [DONE]"
     assert all("error" not in json.loads(line[6:]) for line in lines[:-1])
-    assert fleet.state(busy) == "drained"
+    waited = httpx.post(f"{fleet.url}/admin/replicas/{busy}/drain", params={"wait_s": 30})
+    assert waited.json()["state"] == "drained"  # answers as soon as it is idle
     assert httpx.post(f"{fleet.url}/admin/replicas/{busy}/undrain").json()["state"] == "serving"
 
 
