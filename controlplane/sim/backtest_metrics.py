@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from controlplane.fleet.base import ReplicaState
 from controlplane.policy.base import PoolSignals
 from controlplane.policy.runner import Action
 from controlplane.sim.engine import RequestTiming
@@ -89,7 +90,10 @@ class SimSignals:
         t = now - self.epoch
         arrivals, done = self.log.window(t, window_s)
         replicas = tuple(self.fleet.replicas(pool))
-        serving = [r for r in self.fleet.all_replicas() if r.pool == pool and r.state == "serving"]
+        serving = [
+            r for r in self.fleet.all_replicas()
+            if r.pool == pool and r.state is ReplicaState.SERVING
+        ]
         stats = [r.engine.stats() for r in serving]
         ttft = np.asarray([d[1] for d in done], dtype=float)
         tpot = np.asarray([d[2] for d in done], dtype=float)

@@ -142,7 +142,7 @@ class EngineStats:
     weights_bytes: float
     kv_pool_bytes: float
     kv_used_bytes: float
-    ready: bool
+    ready: bool  # the engine clock (launch time or last step start) is past the cold start
 
 
 @dataclass(slots=True, eq=False)  # identity equality: list.remove must not compare fields
@@ -171,6 +171,7 @@ class Engine:
         self.params = params
         self.ready_at_s = ready_at_s
         self.slowdown = 1.0  # step time multiplier (thermal throttling, slow replica)
+        self._now = 0.0  # engine clock: launch time, then each step's start (stats().ready)
         # The last step's fused run if it may be cut back (see ``truncate``).
         self._fused: (
             tuple[list[_Seq], int, int, int, float, float, float, StepResult] | None
@@ -199,7 +200,9 @@ class Engine:
     ) -> Engine:
         """An engine whose process starts at ``now_s``: it serves after the cold start."""
         delay = params.cold_start_s if cold_start_s is None else cold_start_s
-        return cls(params, ready_at_s=now_s + delay)
+        engine = cls(params, ready_at_s=now_s + delay)
+        engine._now = now_s
+        return engine
 
     # -- requests -----------------------------------------------------------------------
 
@@ -275,6 +278,7 @@ class Engine:
         Backtests pass the next policy tick as horizon and the next arrival as soft one.
         """
         self._fused = None
+        self._now = now_s
         result = StepResult()
         if now_s < self.ready_at_s or not (self._running or self._waiting):
             return result
@@ -633,7 +637,7 @@ class Engine:
             weights_bytes=p.weights_bytes,
             kv_pool_bytes=p.num_gpu_blocks * p.block_size * p.kv_bytes_per_token,
             kv_used_bytes=used * p.block_size * p.kv_bytes_per_token,
-            ready=True,
+            ready=self._now >= self.ready_at_s,
         )
 
     def is_ready(self, now_s: float) -> bool:

@@ -253,7 +253,7 @@ class Steps:
 
 @dataclass(frozen=True)
 class Diurnal:
-    """``mean * (1 + amplitude * sin(2 pi (t - peak + period/4) / period))``: peak at ``peak_s``."""
+    """``mean * (1 + amplitude * cos(2 pi (t - peak_s) / period_s))``: highest at ``peak_s``."""
 
     mean_rps: float
     amplitude: float = 0.5

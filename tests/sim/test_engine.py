@@ -225,3 +225,12 @@ def test_slowdown_multiplies_step_time():
     for e in (a, b):
         e.submit(SimRequest("r", 0.0, 500, 5))
     assert b.step(0.0).duration_s == pytest.approx(1.5 * a.step(0.0).duration_s)
+
+
+def test_stats_report_readiness_from_the_engine_clock():
+    assert Engine(P).stats().ready
+    e = Engine.launch(P, now_s=100.0, cold_start_s=30.0)
+    assert not e.stats().ready
+    e.submit(SimRequest("r", 100.0, 10, 2))
+    e.step(130.0)
+    assert e.stats().ready
