@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from alerts.model import fingerprint
+from alerts.model import fingerprint, rfc3339
 from tests.alerts.harness import Harness, Recorder, alerting, sig
 
 pytestmark = pytest.mark.system
@@ -142,8 +142,14 @@ def test_alertmanager_delivers_pushed_alerts_with_the_same_payload_shape_as_gove
     clock.set(time.time())
     h.engine.process([], clock.now())
     h.engine.tick(clock.now())
+    resolved_at = clock.now()
     arrived = recorder.wait_for(4, timeout=30)
-    resolved = [r.json for r in arrived[2:] if r.path == "/from-alertmanager"]
-    assert resolved and resolved[0]["status"] == "resolved"
-    assert resolved[0]["alerts"][0]["status"] == "resolved"
+    by_path = {r.path: r.json for r in arrived[2:]}
+    assert set(by_path) == {"/from-alertmanager", "/from-governor"}
+    am, gov = by_path["/from-alertmanager"], by_path["/from-governor"]
+    assert am["status"] == gov["status"] == "resolved"
+    assert am["alerts"][0]["status"] == gov["alerts"][0]["status"] == "resolved"
+    # endsAt is the resolve time Governor pushed, in both.
+    assert am["alerts"][0]["endsAt"] == gov["alerts"][0]["endsAt"] == rfc3339(resolved_at)
+    assert _shape(gov) == _shape(am)
     h.close()
