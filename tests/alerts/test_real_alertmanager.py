@@ -143,6 +143,7 @@ def test_alertmanager_delivers_pushed_alerts_with_the_same_payload_shape_as_gove
     h.engine.process([], clock.now())
     h.engine.tick(clock.now())
     resolved_at = clock.now()
+    h.engine.tick(resolved_at + 1.0)  # Governor's group_interval (1 s) has surely passed
     arrived = recorder.wait_for(4, timeout=30)
     by_path = {r.path: r.json for r in arrived[2:]}
     assert set(by_path) == {"/from-alertmanager", "/from-governor"}
