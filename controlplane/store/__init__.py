@@ -32,8 +32,13 @@ def connect(cfg: StoreConfig, *, data_dir: str | None = None) -> Store:
             from controlplane.errors import ConfigError, Problem
 
             raise ConfigError(
-                [Problem("store", "store.url", f"clickhouse driver needs a URL "
-                         f"(store.url or {cv.ENV_CLICKHOUSE_URL})")]
+                [
+                    Problem(
+                        "store",
+                        "store.url",
+                        f"clickhouse driver needs a URL (store.url or {cv.ENV_CLICKHOUSE_URL})",
+                    )
+                ]
             )
         from controlplane.store.clickhouse_driver import ClickHouseStore
 
@@ -49,7 +54,7 @@ def connect(cfg: StoreConfig, *, data_dir: str | None = None) -> Store:
     from controlplane.store.chdb_driver import ChdbStore
 
     path = data_dir or os.environ.get(cv.ENV_DATA_DIR) or cfg.data_dir
-    return ChdbStore(path, database=cfg.database)
+    return ChdbStore(path, database=cfg.database, query_timeout_s=cfg.query_timeout_s)
 
 
 def open_store(cfg: StoreConfig, *, data_dir: str | None = None) -> Store:

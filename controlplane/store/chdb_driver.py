@@ -59,6 +59,7 @@ class _Embedded:
             raise StoreUnavailable(f"cannot open embedded store at {path}: {exc}") from exc
         self.lock = threading.RLock()
         self.current_db: str | None = None
+        self.current_timeout: float = 0
         self.refs = 0
 
     def _release(self) -> None:
@@ -116,6 +117,9 @@ def format_param(value: Any) -> Any:
     if isinstance(value, list | tuple):
         inner = ",".join(_array_item(v) for v in value)
         return f"[{inner}]"
+    if isinstance(value, dict):
+        inner = ",".join(f"{_array_item(k)}:{_array_item(v)}" for k, v in value.items())
+        return "{" + inner + "}"
     return value
 
 
@@ -131,8 +135,17 @@ def _array_item(v: Any) -> str:
 class ChdbStore:
     driver = "chdb"
 
-    def __init__(self, path: str | os.PathLike[str], database: str = "governor") -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        database: str = "governor",
+        *,
+        query_timeout_s: float | None = None,
+    ) -> None:
         self.database = check_identifier(database, "database name")
+        if query_timeout_s is not None and query_timeout_s <= 0:
+            raise StoreError(f"query_timeout_s must be positive, got {query_timeout_s}")
+        self.query_timeout_s = query_timeout_s
         self.path = Path(path).resolve()
         self._emb = _acquire(self.path)
         self._types: dict[str, dict[str, str]] = {}
@@ -158,15 +171,27 @@ class ChdbStore:
                 if use_db and emb.current_db != self.database:
                     emb.session.query(f"USE {self.database}", "CSV")
                     emb.current_db = self.database
+                # The session is shared by stores with their own timeouts (0 = none).
+                timeout = self.query_timeout_s or 0
+                if emb.current_timeout != timeout:
+                    emb.session.query(f"SET max_execution_time = {float(timeout)!r}", "CSV")
+                    emb.current_timeout = timeout
                 bound = {k: format_param(v) for k, v in (params or {}).items()}
-                return emb.session.query(sql, fmt, params=bound) if bound else (
-                    emb.session.query(sql, fmt)
+                return (
+                    emb.session.query(sql, fmt, params=bound)
+                    if bound
+                    else (emb.session.query(sql, fmt))
                 )
             except Exception as exc:
                 _drain(emb)
                 msg = str(exc)
                 if _UNAVAILABLE.search(msg):
                     raise StoreUnavailable(f"embedded store unavailable: {msg}") from exc
+                if "TIMEOUT_EXCEEDED" in msg and self.query_timeout_s:
+                    raise QueryError(
+                        f"query exceeded the store's query timeout ({self.query_timeout_s:g}s): "
+                        + _first_line(msg)
+                    ) from exc
                 raise QueryError(_first_line(msg)) from exc
 
     # -- Store protocol ----------------------------------------------------------------

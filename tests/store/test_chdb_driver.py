@@ -203,3 +203,22 @@ def test_another_process_holding_the_directory_gets_a_clear_error(tmp_path: Path
         holder.wait(timeout=60)
         holder.stdout.close()
     assert StoreLocked.__mro__[1] is StoreError
+
+
+def test_a_query_over_the_timeout_is_stopped_and_the_store_stays_usable(chdb_path: Path) -> None:
+    store = ChdbStore(chdb_path, database="t_timeout", query_timeout_s=0.5)
+    try:
+        with pytest.raises(QueryError, match=r"query timeout \(0.5s\).*TIMEOUT_EXCEEDED"):
+            store.query("SELECT count() FROM numbers(100000000000000)")
+        assert store.query("SELECT 1").rows == [(1,)]
+    finally:
+        store.command("DROP DATABASE IF EXISTS t_timeout")
+        store.close()
+
+
+def test_map_and_array_parameters_are_bound_as_literals(store: ChdbStore) -> None:
+    res = store.query(
+        "SELECT {m:Map(String, String)}['k''1'], {a:Array(String)}[2]",
+        {"m": {"k'1": "v'x", "z": "w"}, "a": ["a", "b'c"]},
+    )
+    assert res.rows == [("v'x", "b'c")]

@@ -33,10 +33,7 @@ def _round_down_2sig(expr: str) -> str:
 
 def _hist(col: str) -> str:
     # Latency histograms count successful requests that reported the value.
-    return (
-        f"sumMapIf(map({_round_up_2sig(col)}, toUInt64(1)), "
-        f"status = 'ok' AND {col} IS NOT NULL)"
-    )
+    return f"sumMapIf(map({_round_up_2sig(col)}, toUInt64(1)), status = 'ok' AND {col} IS NOT NULL)"
 
 
 _TPS_HIST = (
@@ -81,10 +78,10 @@ SELECT
     {fn}(ts) AS {bucket}, pool, model, tenant,
     count() AS requests,
     countIf(status = 'error') AS errors,
-    {_hist('ttft_us')} AS ttft_hist,
-    {_hist('tpot_us')} AS tpot_hist,
-    {_hist('e2e_us')} AS e2e_hist,
-    {_hist('queue_us')} AS queue_hist,
+    {_hist("ttft_us")} AS ttft_hist,
+    {_hist("tpot_us")} AS tpot_hist,
+    {_hist("e2e_us")} AS e2e_hist,
+    {_hist("queue_us")} AS queue_hist,
     {_TPS_HIST} AS tps_hist,
     sum(toUInt64(input_tokens)) AS input_tokens,
     sum(toUInt64(output_tokens)) AS output_tokens,
