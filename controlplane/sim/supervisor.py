@@ -7,7 +7,9 @@ its file descriptor (``--fd``), so ports never race and connections made before 
 is up wait in the backlog instead of being refused. Children write to their own log
 file, and ``stop_all`` ends every one of them (SIGTERM, then SIGKILL after a grace
 period). With ``die_with_parent`` a child also gets SIGTERM from the kernel if the
-supervising process dies without cleaning up (Linux ``PR_SET_PDEATHSIG``).
+supervising process dies without cleaning up (Linux ``PR_SET_PDEATHSIG``), and runs in a
+session of its own, so a terminal's Ctrl-C reaches only the supervisor, which stops the
+children in the order it chooses.
 """
 
 from __future__ import annotations
@@ -193,6 +195,9 @@ class Supervisor:
                 pass_fds=fds,
                 env=child_env,
                 close_fds=True,
+                # A terminal's Ctrl-C goes to the whole foreground group; children tied to
+                # this process get their own session so it alone decides the stop order.
+                start_new_session=self.die_with_parent,
             )
         except OSError as exc:
             if out is not None:
