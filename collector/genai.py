@@ -230,6 +230,23 @@ def map_span(
 
 _DEFAULT_MAPPING = AttributeMapping()
 
+# Every attribute key map_span reads on its own account.
+_READ = frozenset({
+    OPERATION, SYSTEM, REQUEST_MODEL, RESPONSE_MODEL, INPUT_TOKENS, OUTPUT_TOKENS,
+    PROMPT_TOKENS, COMPLETION_TOKENS, CACHE_READ, CACHE_READ_OLD, FINISH_REASONS,
+    TIME_TO_FIRST_CHUNK, SERVER_TTFT, ERROR_TYPE, USAGE_COST, LAT_TTFT, LAT_E2E, LAT_QUEUE,
+    LAT_PREFILL, LAT_DECODE,
+})  # fmt: skip
+
+
+def wanted_keys(mapping: AttributeMapping | None = None) -> frozenset[str]:
+    """The attribute keys ``map_span`` can read with ``mapping``; decoders may skip the rest."""
+    m = mapping or _DEFAULT_MAPPING
+    return _READ.union(
+        m.pool_keys, m.replica_keys, m.model_keys, m.tenant_keys, m.priority_keys,
+        m.keep_attributes,
+    )  # fmt: skip
+
 
 def _lookup(keys: tuple[str, ...], attrs: Mapping[str, Any], res: Mapping[str, Any]) -> str:
     for key in keys:

@@ -91,17 +91,23 @@ def decode(
     content_encoding: str | None = None,
     *,
     max_bytes: int = 16 * 1024 * 1024,
+    wanted: frozenset[str] | None = None,
 ) -> TraceBatch:
-    """Decode one ``POST /v1/traces`` body; raises an ``OtlpDecodeError`` saying what is wrong."""
+    """Decode one ``POST /v1/traces`` body; raises an ``OtlpDecodeError`` saying what is wrong.
+
+    ``wanted``: the only attribute keys to convert from protobuf (``genai.wanted_keys``);
+    others (prompt and completion content, for instance) are skipped unconverted. JSON
+    bodies keep every attribute, since they are validated in full anyway.
+    """
     media = media_type(content_type)
     raw = decompress(body, content_encoding, max_bytes)
-    return decode_protobuf(raw) if media == PROTOBUF else decode_json(raw)
+    return decode_protobuf(raw, wanted) if media == PROTOBUF else decode_json(raw)
 
 
 # --- protobuf ------------------------------------------------------------------------------
 
 
-def decode_protobuf(raw: bytes) -> TraceBatch:
+def decode_protobuf(raw: bytes, wanted: frozenset[str] | None = None) -> TraceBatch:
     msg = ExportTraceServiceRequest()
     try:
         msg.ParseFromString(raw)
@@ -121,7 +127,7 @@ def decode_protobuf(raw: bytes) -> TraceBatch:
                 if name != VLLM_SPAN and not _has_marker(sp.attributes):
                     continue
                 if resource is None:
-                    resource = _pb_attrs(rs.resource.attributes)
+                    resource = _pb_attrs(rs.resource.attributes, wanted)
                 trace_id = sp.trace_id
                 span_id = sp.span_id
                 kind = sp.kind
@@ -135,7 +141,7 @@ def decode_protobuf(raw: bytes) -> TraceBatch:
                 spans.append(
                     SpanView(
                         name=name,
-                        attributes=_pb_attrs(sp.attributes),
+                        attributes=_pb_attrs(sp.attributes, wanted),
                         resource=resource,
                         start_ns=sp.start_time_unix_nano,
                         end_ns=sp.end_time_unix_nano,
@@ -163,13 +169,16 @@ def _has_marker(attributes: Any) -> bool:
     return False
 
 
-def _pb_attrs(attributes: Any) -> dict[str, Any]:
+def _pb_attrs(attributes: Any, wanted: frozenset[str] | None = None) -> dict[str, Any]:
     # Scalars inline (the common case): a Python call per attribute is a third of the cost.
     out = {}
     for kv in attributes:
+        key = kv.key
+        if wanted is not None and key not in wanted:
+            continue
         v = kv.value
         which = v.WhichOneof("value")
-        out[kv.key] = getattr(v, which) if which in _SCALARS else _pb_value(v)
+        out[key] = getattr(v, which) if which in _SCALARS else _pb_value(v)
     return out
 
 

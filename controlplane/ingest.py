@@ -20,7 +20,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 
 from collector.errors import SpanMappingError
-from collector.genai import AttributeMapping, Pricer, map_span
+from collector.genai import AttributeMapping, Pricer, map_span, wanted_keys
 from collector.otlp import decode
 from collector.records import Sink
 from controlplane.config import GovernorConfig
@@ -83,6 +83,7 @@ class OtlpIngest:
         self._room = room
         self._emit_lock = threading.Lock()
         self._mapping = mapping or AttributeMapping()
+        self._wanted = wanted_keys(self._mapping)
         self._pricer = pricer
         self.max_body_bytes = max_body_bytes
         self._token = token.encode() if token else None
@@ -125,7 +126,13 @@ class OtlpIngest:
         """
         if self._room is not None and self._room() <= 0:
             raise IngestOverloaded("the store writer's queue is full; retry later")
-        batch = decode(body, content_type, content_encoding, max_bytes=self.max_body_bytes)
+        batch = decode(
+            body,
+            content_type,
+            content_encoding,
+            max_bytes=self.max_body_bytes,
+            wanted=self._wanted,
+        )
         records = []
         problems: list[str] = []
         rejected = 0

@@ -353,3 +353,45 @@ def test_error_bodies_are_google_rpc_status():
     st = status_pb2.Status.FromString(status_body(PROTOBUF, 3, "bad body"))
     assert (st.code, st.message) == (3, "bad body")
     assert json.loads(status_body(JSON, 3, "bad body")) == {"code": 3, "message": "bad body"}
+
+
+def test_skipping_unwanted_attributes_changes_no_mapped_value():
+    from collector import genai
+
+    exporter = InMemorySpanExporter()
+    tp = TracerProvider(resource=Resource.create({"service.name": "gw", "k8s.pod.name": "p"}))
+    tp.add_span_processor(SimpleSpanProcessor(exporter))
+    attrs = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.system": "openai",
+        "gen_ai.request.model": "gpt-4o",
+        "gen_ai.response.model": "gpt-4o-2024",
+        "gen_ai.usage.input_tokens": 100,
+        "gen_ai.usage.output_tokens": 11,
+        "gen_ai.usage.cache_read.input_tokens": 50,
+        "gen_ai.response.finish_reasons": ["stop"],
+        "gen_ai.response.time_to_first_chunk": 0.1,
+        "gen_ai.latency.time_in_queue": 0.01,
+        "gen_ai.latency.time_in_model_prefill": 0.05,
+        "gen_ai.latency.time_in_model_decode": 0.5,
+        "gen_ai.usage.cost": 0.01,
+        "error.type": "timeout",
+        "tenant.id": "acme",
+        "gen_ai.request.id": "r-1",
+        "gen_ai.prompt.0.content": "a long prompt " * 50,  # OpenLLMetry-style content
+    }
+    tp.get_tracer("t").start_span("chat gpt-4o", attributes=attrs).end()
+    tp.shutdown()
+    body = encode_spans(exporter.get_finished_spans()).SerializeToString()
+    (full,) = decode(body, PROTOBUF).spans
+    (lean,) = decode(body, PROTOBUF, wanted=genai.wanted_keys()).spans
+    assert "gen_ai.prompt.0.content" in full.attributes
+    assert "gen_ai.prompt.0.content" not in lean.attributes
+    assert genai.map_span(lean) == genai.map_span(full)
+
+
+def test_every_attribute_name_the_mapping_knows_is_wanted():
+    from collector import genai
+
+    names = {v for k, v in vars(genai).items() if k.isupper() and isinstance(v, str) and "." in v}
+    assert names <= genai.wanted_keys()
