@@ -8,7 +8,8 @@ default is 512).
 Stages, same payloads, one run (stages 1-5 on one core):
 
 1. ``parse``: ``ExportTraceServiceRequest.ParseFromString`` only (upb, the floor).
-2. ``decode``: ``collector.otlp.decode`` (parse + attribute dicts for LLM spans).
+2. ``decode``: ``collector.otlp.decode`` (parse + attribute dicts for LLM spans, only the
+   keys the mapping reads, as the receiver does).
 3. ``decode+map``: ``OtlpIngest.handle`` into a null sink (adds the GenAI mapping and the
    cost: the pool is priced by GPU-hour, as in the serve config used in stage 6).
 4. ``insert only``: the mapped rows inserted into chDB in batches of 5000 (store cost alone).
@@ -47,6 +48,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind
 
+from collector.genai import wanted_keys
 from collector.otlp import PROTOBUF, decode
 from controlplane.ingest import OtlpIngest
 
@@ -101,8 +103,9 @@ def stage_parse(bodies: list[bytes]) -> None:
 
 
 def stage_decode(bodies: list[bytes]) -> None:
+    wanted = wanted_keys()  # as the receiver decodes: only keys the mapping reads
     for b in bodies:
-        decode(b, PROTOBUF)
+        decode(b, PROTOBUF, wanted=wanted)
 
 
 def pricer() -> Any:
