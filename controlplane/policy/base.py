@@ -6,7 +6,7 @@ the time itself: the loop gathers ``PoolSignals`` from a ``SignalSource`` (the s
 the simulator in a backtest) and applies the decision to a ``Fleet``. So the code that
 decides in a backtest is the code that decides live.
 
-Policies register by name::
+Policies register by name, from any module of this package (imported on first lookup)::
 
     @register_policy("static")
     def _static(**options: Any) -> Policy: ...
@@ -16,6 +16,8 @@ Policies register by name::
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -120,6 +122,14 @@ def create_policy(name: str, **options: Any) -> Policy:
         raise PolicyError(f"policy {name!r}: bad options {sorted(options)}: {exc}") from exc
 
 
+_SKIP = {"base", "runner"}
+
+
 def _load_builtin() -> None:
-    # Built-in policies register on import; other packages import their own modules.
-    import controlplane.policy.static  # noqa: F401
+    """Import every module of this package so its ``@register_policy`` runs: a new policy
+    is a new module here, with no registry edits (like CLI commands)."""
+    import controlplane.policy as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name not in _SKIP and not info.name.startswith("_"):
+            importlib.import_module(f"{package.__name__}.{info.name}")
