@@ -238,3 +238,35 @@ def test_admission_limits_from_the_policy_reject_only_the_limited_tenant():
     # 5 batch req/s offered against a 1 req/s bucket (1 s burst): about 4 in 5 rejected.
     assert r.rejected == pytest.approx(240, abs=15)
     assert r.completed == r.requests - r.rejected
+
+
+@pytest.mark.slow
+def test_cli_backtests_recorded_traffic_from_its_own_store(tmp_path):
+    # chDB holds one data directory per process: seed and read in child processes.
+    import subprocess
+    import sys
+
+    data = tmp_path / "store"
+    seed = (
+        "from datetime import UTC, datetime, timedelta\n"
+        "from controlplane.config import StoreConfig\n"
+        "from controlplane.store import open_store\n"
+        f"s = open_store(StoreConfig.model_validate({{}}), data_dir={str(data)!r})\n"
+        "t0 = datetime.now(UTC) - timedelta(minutes=20)\n"
+        "cols = ['ts', 'pool', 'model', 'replica', 'tenant', 'priority', 'status',\n"
+        "        'input_tokens', 'output_tokens']\n"
+        "s.insert_rows('requests', cols, [[t0 + timedelta(seconds=i), 'chat', 'm', 'r',\n"
+        "              't', '', 'ok', 500, 50] for i in range(300)])\n"
+        "s.close()\n"
+    )
+    subprocess.run([sys.executable, "-c", seed], check=True, timeout=120)
+    now = datetime.now(UTC)
+    out = subprocess.run(
+        [sys.executable, "-m", "controlplane.cli", "backtest", "--from-store",
+         "--since", (now - timedelta(minutes=30)).isoformat(), "--until", now.isoformat(),
+         "--data-dir", str(data), "--json"],
+        check=True, capture_output=True, text=True, timeout=120,
+    )
+    report = json.loads(out.stdout)
+    assert report["requests"] == report["completed"] == 300
+    assert report["input_tokens"] == 300 * 500
