@@ -125,46 +125,36 @@ def _hourly_parts(
 
 
 class _Edges:
-    """Builds one ``requests_1m`` query for the edge minutes of many SLOs' windows.
+    """One ``requests_1m`` query for the edge minutes of many SLOs' windows.
 
-    Values shared by several SLOs (window starts, selectors, per-row good/total
-    expressions) become one parameter or column each, so 100 SLOs cost one scan of the
-    few minutes at the windows' edges instead of 100 queries.
+    Each row gets a bitmask of the (distinct) windows it falls in and the (distinct)
+    per-row good/total expressions; the engine groups by series and mask, and the few
+    resulting rows are matched to each SLO's selector and windows here. So 100 SLOs
+    cost one small scan, and the SQL stays short whatever the number of SLOs.
     """
+
+    MAX_WINDOWS = 62  # bits of the UInt64 mask
 
     def __init__(self, until: datetime, tm: datetime) -> None:
         self.params: dict[str, Any] = {"until": until, "tm": tm}
-        self.cols: dict[tuple[str, str, int], str] = {}  # (expr, param name, value) -> alias
+        self.cols: dict[tuple[str, str, int], int] = {}  # (expr, param, value) -> column
         self.col_sql: list[str] = []
-        self.sels: dict[tuple[str, str, str], str] = {}
-        self.windows: dict[tuple[datetime, datetime], tuple[str, str]] = {}  # -> (cond, range)
-        self.aggs: list[str] = []
+        self.windows: dict[tuple[datetime, datetime], int] = {}
+        self.window_sql: list[tuple[str, str]] = []  # (condition, scan range)
+        self.slos: list[tuple[tuple[str, str, str], list[int], int, int]] = []
 
-    def _col(self, expr: str, pname: str, value: int) -> str:
+    def _col(self, expr: str, pname: str, value: int) -> int:
         key = (expr, pname, value)
         if key not in self.cols:
-            alias = f"c{len(self.cols)}"
-            name = f"{pname}{len(self.cols)}"
+            n = len(self.cols)
             if pname:
-                self.params[name] = value
-                expr = expr.replace("{" + pname + ":", "{" + name + ":")
-            self.col_sql.append(f"{expr} AS {alias}")
-            self.cols[key] = alias
+                self.params[f"{pname}{n}"] = value
+                expr = expr.replace("{" + pname + ":", "{" + f"{pname}{n}" + ":")
+            self.col_sql.append(f"{expr} AS c{n}")
+            self.cols[key] = n
         return self.cols[key]
 
-    def _sel(self, slo: SLO) -> str:
-        sel = slo.selector
-        key = (sel.pool, sel.model, sel.tenant)
-        if key not in self.sels:
-            n, parts = len(self.sels), []
-            for col, val in zip(("pool", "model", "tenant"), key, strict=True):
-                if val:
-                    self.params[f"{col[0]}{n}"] = val
-                    parts.append(f"{col} = {{{col[0]}{n}:String}}")
-            self.sels[key] = " AND ".join(parts) or "1"
-        return self.sels[key]
-
-    def _window(self, s: datetime, h: datetime) -> str:
+    def _window(self, s: datetime, h: datetime) -> int:
         if (s, h) not in self.windows:
             n = len(self.windows)
             self.params[f"s{n}"], self.params[f"h{n}"] = s, h
@@ -174,32 +164,53 @@ class _Edges:
                 rng = f"(minute >= {si} AND minute < {hi})"
             else:
                 cond = rng = f"minute >= {si}"
-            self.windows[(s, h)] = (cond, rng)
-        return self.windows[(s, h)][0]
+            self.window_sql.append((cond, rng))
+            self.windows[(s, h)] = n
+        return self.windows[(s, h)]
+
+    def fits(self, starts: list[datetime], hours: list[datetime]) -> bool:
+        new = {(s, h) for s, h in zip(starts, hours, strict=True)} - set(self.windows)
+        return len(self.windows) + len(new) <= self.MAX_WINDOWS
 
     def add(self, slo: SLO, starts: list[datetime], hours: list[datetime]) -> int:
-        """Adds the SLO's windows; returns the index of its first aggregate pair."""
         good, total, params = row_exprs(slo)
-        (pname, value), = params.items() if params else (("", 0),)
-        g = self._col(good, pname, value)
-        n = self._col(total, "", 0)
-        sel = self._sel(slo)
-        first = len(self.aggs)
-        for s, h in zip(starts, hours, strict=True):
-            cond = f"({sel}) AND ({self._window(s, h)})"
-            self.aggs.append(f"sumIf({g}, {cond}), sumIf({n}, {cond})")
-        return first
+        ((pname, value),) = params.items() if params else (("", 0),)
+        g, n = self._col(good, pname, value), self._col(total, "", 0)
+        bits = [self._window(s, h) for s, h in zip(starts, hours, strict=True)]
+        sel = slo.selector
+        self.slos.append(((sel.pool, sel.model, sel.tenant), bits, g, n))
+        return len(self.slos) - 1
 
-    def run(self, store: Store) -> list[Counts]:
-        ranges = ["minute >= {tm:DateTime('UTC')}"] + [r for _, r in self.windows.values()]
+    def run(self, store: Store) -> list[list[Counts]]:
+        ranges = ["minute >= {tm:DateTime('UTC')}"] + [r for _, r in self.window_sql]
+        mask = " + ".join(f"(toUInt64({c}) * {1 << k})" for k, (c, _) in enumerate(self.window_sql))
+        sums = ", ".join(f"sum(c{i})" for i in range(len(self.col_sql)))
         sql = f"""
-SELECT {", ".join(self.aggs)} FROM (
-    SELECT minute, pool, model, tenant, {", ".join(self.col_sql)} FROM requests_1m
+SELECT pool, model, tenant, mask, {sums} FROM (
+    SELECT pool, model, tenant, {mask} AS mask, {", ".join(self.col_sql)} FROM requests_1m
     WHERE minute < {{until:DateTime('UTC')}} AND ({" OR ".join(ranges)})
-)"""
-        row = store.query(sql, self.params).rows[0]
-        return [Counts(int(row[2 * i] or 0), int(row[2 * i + 1] or 0))
-                for i in range(len(self.aggs))]  # fmt: skip
+)
+WHERE mask != 0
+GROUP BY pool, model, tenant, mask"""
+        rows = store.query(sql, self.params).rows
+        out = []
+        for (pool, model, tenant), bits, g, n in self.slos:
+            good = [0] * len(bits)
+            total = [0] * len(bits)
+            for r in rows:
+                if (
+                    (pool and r[0] != pool)
+                    or (model and r[1] != model)
+                    or (tenant and r[2] != tenant)
+                ):
+                    continue
+                m = r[3]
+                for i, k in enumerate(bits):
+                    if m >> k & 1:
+                        good[i] += int(r[4 + g] or 0)
+                        total[i] += int(r[4 + n] or 0)
+            out.append([Counts(a, b) for a, b in zip(good, total, strict=True)])
+        return out
 
 
 def occurrences_many(
@@ -212,18 +223,19 @@ def occurrences_many(
     whole hours ``[h, tm)`` from ``requests_1h`` (h = s rounded up to the hour, tm =
     until rounded down; cached) + the minutes at both edges (one query for all SLOs)."""
     tm = until.replace(minute=0, second=0, microsecond=0)
-    edges = _Edges(until, tm)
+    batches: list[_Edges] = [_Edges(until, tm)]
     plans = []
     for slo, sinces in items:
         hours = [_ceil_hour(s) for s in sinces]
         hourly = _hourly_parts(store, slo, tm, hours, cache)
-        plans.append((hours, hourly, edges.add(slo, sinces, hours)))
-    edge_counts = edges.run(store)
+        if not batches[-1].fits(sinces, hours):
+            batches.append(_Edges(until, tm))
+        plans.append((hours, hourly, len(batches) - 1, batches[-1].add(slo, sinces, hours)))
+    results = [b.run(store) for b in batches]
     out = []
-    for hours, hourly, first in plans:
+    for hours, hourly, b, j in plans:
         counts = []
-        for i, h in enumerate(hours):
-            c = edge_counts[first + i]
+        for h, c in zip(hours, results[b][j], strict=True):
             if h < tm:
                 c = Counts(c.good + hourly[h].good, c.total + hourly[h].total)
             counts.append(c)
@@ -243,9 +255,7 @@ def _slice_aggs(sinces: list[datetime], params: dict[str, Any]) -> str:
     return ", ".join(aggs)
 
 
-def _timeslices(
-    store: Store, slo: SLO, until: datetime, sinces: list[datetime]
-) -> list[Counts]:
+def _timeslices(store: Store, slo: SLO, until: datetime, sinces: list[datetime]) -> list[Counts]:
     """Good slices / slices with events, from per-minute rollups."""
     params: dict[str, Any] = {
         "pool": slo.selector.pool, "model": slo.selector.model, "tenant": slo.selector.tenant,
@@ -259,9 +269,7 @@ def _timeslices(
         if sli.field not in GAUGE_FIELDS.get(table, frozenset()):
             raise ValueError(f"unknown gauge field {sli.field!r} of {table}")
         field = check_identifier(sli.field, "column")
-        model = "AND ({model:String} = '' OR model = {model:String})" * (
-            table == "replica_samples"
-        )
+        model = "AND ({model:String} = '' OR model = {model:String})" * (table == "replica_samples")
         params["v"] = sli.value
         inner = f"""
     SELECT toStartOfInterval(ts, toIntervalSecond({{slice:UInt32}})) AS t,
