@@ -7,12 +7,13 @@ Types come from the table's own column list, so callers pass plain Python values
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from controlplane.errors import QueryError
 
@@ -83,34 +84,72 @@ def arrow_type(ch_type: str) -> pa.DataType:
     return pa.string()
 
 
-def _convert(value: Any, typ: pa.DataType) -> Any:
-    if value is None:
-        return None
-    if pa.types.is_fixed_size_binary(typ):
+def _to_fixed(width: int) -> Callable[[Any], Any]:
+    zero = b"\0" * width
+
+    def conv(value: Any) -> Any:
         if isinstance(value, str):
-            width = typ.byte_width
-            return bytes.fromhex(value).rjust(width, b"\0") if value else b"\0" * width
+            return bytes.fromhex(value).rjust(width, b"\0") if value else zero
         return value
-    if pa.types.is_timestamp(typ):
-        if isinstance(value, int | float):
-            return datetime.fromtimestamp(value, tz=UTC)
-        return value
-    if pa.types.is_map(typ):
-        items = value.items() if isinstance(value, dict) else value
-        kt, vt = typ.key_type, typ.item_type
-        return [(_convert(k, kt), _convert(v, vt)) for k, v in items]
-    if pa.types.is_decimal(typ):
+
+    return conv
+
+
+def _to_decimal(typ: pa.Decimal128Type | pa.Decimal256Type) -> Callable[[Any], Any]:
+    quantum = Decimal(1).scaleb(-typ.scale)
+
+    def conv(value: Any) -> Any:
+        if value is None:
+            return None
         try:
             if isinstance(value, float):
                 value = Decimal(repr(value))  # the shortest decimal that is this float
             elif not isinstance(value, Decimal):
                 value = Decimal(value)
-            return value.quantize(Decimal(1).scaleb(-typ.scale), rounding=ROUND_HALF_EVEN)
+            return value.quantize(quantum, rounding=ROUND_HALF_EVEN)
         except (ArithmeticError, TypeError):
             raise ValueError(f"{value!r} is not a finite decimal number") from None
-    if isinstance(value, Decimal):
-        return float(value)
-    return value
+
+    return conv
+
+
+def _converter(typ: pa.DataType) -> Callable[[Any], Any] | None:
+    """A per-value converter for ``typ``, or None when Arrow takes the values as they are."""
+    if pa.types.is_fixed_size_binary(typ):
+        return _to_fixed(typ.byte_width)
+    if pa.types.is_timestamp(typ):
+        return lambda v: datetime.fromtimestamp(v, tz=UTC) if isinstance(v, int | float) else v
+    if pa.types.is_map(typ):
+        kc, vc = _converter(typ.key_type), _converter(typ.item_type)
+
+        def conv_map(value: Any) -> Any:
+            items = value.items() if isinstance(value, dict) else value
+            if kc is None and vc is None:
+                return list(items)
+            return [(kc(k) if kc else k, vc(v) if vc else v) for k, v in items]
+
+        return conv_map
+    if pa.types.is_decimal(typ):
+        return _to_decimal(typ)
+    if pa.types.is_floating(typ):
+        return lambda v: float(v) if isinstance(v, Decimal) else v
+    return None
+
+
+def _column(values: list[Any], typ: pa.DataType) -> pa.Array:
+    # Fast path: Arrow converts plain Python values in C; fall back per value on mismatch.
+    conv = _converter(typ)
+    if conv is None:
+        return pa.array(values, type=typ)
+    if pa.types.is_decimal(typ) and all(v is None or type(v) is float for v in values):
+        # Arrow's cast rounds half-even at the scale, like Decimal.quantize above.
+        return pc.cast(pa.array(values, type=pa.float64()), typ)
+    if pa.types.is_timestamp(typ):
+        try:
+            return pa.array(values, type=typ)
+        except (pa.ArrowTypeError, pa.ArrowInvalid):
+            pass
+    return pa.array([None if v is None else conv(v) for v in values], type=typ)
 
 
 def to_arrow(
@@ -122,7 +161,7 @@ def to_arrow(
             raise QueryError(f"unknown column {name!r}")
         typ = arrow_type(types[name])
         try:
-            arrays.append(pa.array([_convert(r[i], typ) for r in rows], type=typ))
+            arrays.append(_column([r[i] for r in rows], typ))
         except (pa.ArrowException, ValueError, TypeError, ArithmeticError) as exc:
             raise QueryError(f"column {name!r}: cannot convert value: {exc}") from exc
     return pa.Table.from_arrays(arrays, names=list(columns))
