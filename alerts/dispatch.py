@@ -10,7 +10,7 @@ flushed; an empty group is removed.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from alerts.model import RESOLVED, Alert
 from alerts.nflog import NotificationLog, needs_update
@@ -51,7 +51,8 @@ class Dispatcher:
         if g is None:
             g = Group(route, gk, route.group_labels(alert.labels), now + route.group_wait_s)
             self.groups[(route.index, gk)] = g
-        g.alerts[alert.fingerprint] = replace(alert)
+        # Held by reference: the engine replaces an Alert on change, never mutates it.
+        g.alerts[alert.fingerprint] = alert
         # Alertmanager: an alert that started longer than group_wait ago (e.g. across a
         # restart) does not wait again before the group's first flush.
         start = alert.starts_at()

@@ -12,6 +12,7 @@ rule no longer reports the instance) and the evaluation time, return the next in
 
 from __future__ import annotations
 
+from copy import copy
 from dataclasses import replace
 
 from alerts.model import FIRING, PENDING, RESOLVED, Alert, fingerprint
@@ -42,7 +43,7 @@ def step(
             )
             transition: str | None = PENDING
         else:
-            alert = replace(prev)
+            alert = copy(prev)  # shallow: labels are never mutated
             transition = None
         alert.annotations = dict(signal.annotations)
         alert.value = signal.value

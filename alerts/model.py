@@ -6,6 +6,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 
 PENDING = "pending"
 FIRING = "firing"
@@ -21,9 +22,14 @@ _MASK = (1 << 64) - 1
 
 def fingerprint(labels: Mapping[str, str]) -> str:
     """The label set's fingerprint exactly as Prometheus and Alertmanager compute it."""
+    return _fingerprint(tuple(sorted(labels.items())))
+
+
+@lru_cache(maxsize=65536)  # the same label sets come back every evaluation
+def _fingerprint(items: tuple[tuple[str, str], ...]) -> str:
     h = _FNV_OFFSET
-    for name in sorted(labels):
-        for part in (name, labels[name]):
+    for name, value in items:
+        for part in (name, value):
             for b in part.encode():
                 h = ((h ^ b) * _FNV_PRIME) & _MASK
             h = ((h ^ _SEP) * _FNV_PRIME) & _MASK

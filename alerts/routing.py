@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from controlplane.config import AlertRoute
 
@@ -62,8 +63,13 @@ class Route:
 
     def group_key(self, labels: Mapping[str, str]) -> str:
         gl = self.group_labels(labels)
-        inner = ", ".join(f"{k}={json.dumps(gl[k])}" for k in sorted(gl))
-        return f"{self.key()}:{{{inner}}}"
+        return _group_key(self.key(), tuple(sorted(gl.items())))
+
+
+@lru_cache(maxsize=65536)
+def _group_key(route_key: str, items: tuple[tuple[str, str], ...]) -> str:
+    inner = ", ".join(f"{k}={json.dumps(v)}" for k, v in items)
+    return f"{route_key}:{{{inner}}}"
 
 
 def compile_routes(cfgs: Sequence[AlertRoute]) -> list[Route]:

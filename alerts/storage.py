@@ -53,7 +53,12 @@ _EVENT_COLS = [
 
 
 def _dt(ts: float) -> datetime:
+    # Rows carry datetimes, not epoch floats: unambiguous for every driver's conversion.
     return datetime.fromtimestamp(ts, tz=UTC)
+
+
+def _dtn(ts: float | None) -> datetime | None:
+    return None if ts is None else _dt(ts)
 
 
 def _ts(v: Any) -> float | None:
@@ -153,10 +158,10 @@ class AlertStorage:
     # -- writes (buffered) --------------------------------------------------------------
     def save_alert(self, a: Alert, now: float, *, tombstone: bool = False) -> None:
         row = [
-            a.fingerprint, self._next_version(now), now, "inactive" if tombstone else a.state,
+            a.fingerprint, self._next_version(now), _dt(now), "inactive" if tombstone else a.state,
             json.dumps(a.labels, sort_keys=True), json.dumps(a.annotations, sort_keys=True),
-            a.generator_url, a.value, a.active_at, a.fired_at, a.resolved_at, a.last_active_at,
-            a.last_eval_at, a.for_s, a.keep_firing_for_s,
+            a.generator_url, a.value, _dtn(a.active_at), _dtn(a.fired_at), _dtn(a.resolved_at),
+            _dtn(a.last_active_at), _dt(a.last_eval_at), a.for_s, a.keep_firing_for_s,
         ]  # fmt: skip
         with self._lock:
             self._keyed[(STATE, a.fingerprint)] = row
@@ -164,9 +169,10 @@ class AlertStorage:
     def save_event(self, a: Alert, now: float) -> None:
         labels = a.labels
         row = [
-            now, a.fingerprint, labels.get("alertname", ""), a.state, labels.get("severity", ""),
+            _dt(now), a.fingerprint, labels.get("alertname", ""), a.state,
+            labels.get("severity", ""),
             labels.get("slo", ""), labels.get("pool", ""), labels, a.annotations,
-            a.starts_at() or now, a.ends_at(), a.value,
+            _dt(a.starts_at() or now), _dtn(a.ends_at()), a.value,
         ]  # fmt: skip
         with self._lock:
             if len(self._events) >= MAX_BUFFERED_EVENTS:
@@ -176,7 +182,7 @@ class AlertStorage:
 
     def save_nflog(self, e: NflogEntry, now: float) -> None:
         row = [
-            e.receiver, e.group_key, self._next_version(now), e.sent_at,
+            e.receiver, e.group_key, self._next_version(now), _dt(e.sent_at),
             json.dumps(sorted(e.firing)), json.dumps(sorted(e.resolved)), e.payload_hash,
             e.delivery_id,
         ]  # fmt: skip
@@ -189,7 +195,7 @@ class AlertStorage:
                 {"name": m.name, "value": m.value, "is_regex": m.is_regex,
                  "is_equal": m.is_equal} for m in s.matchers
             ]),
-            s.starts_at, s.ends_at, s.created_by, s.comment, s.updated_at,
+            _dt(s.starts_at), _dt(s.ends_at), s.created_by, s.comment, _dt(s.updated_at),
         ]  # fmt: skip
         with self._lock:
             self._keyed[(SILENCES, s.id)] = row
@@ -197,8 +203,8 @@ class AlertStorage:
     def save_delivery(self, d: Delivery, now: float) -> None:
         row = [
             d.id, self._next_version(now), d.receiver, d.kind, d.group_key, d.url, d.body,
-            json.dumps(list(d.fingerprints)), d.status, d.attempts, d.created_at,
-            d.next_attempt_at, d.updated_at, d.last_error[:2000], d.last_status,
+            json.dumps(list(d.fingerprints)), d.status, d.attempts, _dt(d.created_at),
+            _dt(d.next_attempt_at), _dt(d.updated_at), d.last_error[:2000], d.last_status,
         ]  # fmt: skip
         with self._lock:
             self._keyed[(DELIVERIES, d.id)] = row
