@@ -17,12 +17,21 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from controlplane.sim.calibration import LLAMA31_8B_H100_VLLM, EngineParams
-from controlplane.sim.errors import SimError
+from controlplane.sim.engine_types import (
+    FINISH_ABORT,
+    FINISH_LENGTH,
+    FINISH_STOP,
+    EngineStats,
+    RequestRejected,
+    RequestTiming,
+    SimRequest,
+    StepResult,
+)
+from controlplane.sim.roofline import Roofline
 
 __all__ = [
     "LLAMA31_8B_H100_VLLM",
@@ -35,114 +44,6 @@ __all__ = [
     "StepResult",
 ]
 
-FINISH_STOP = "stop"
-FINISH_LENGTH = "length"
-FINISH_ABORT = "abort"
-
-
-class RequestRejected(SimError, ValueError):
-    """The engine cannot take this request (bad sizes, too long, duplicate id)."""
-
-
-@dataclass(frozen=True)
-class SimRequest:
-    """``output_tokens`` is how many tokens the model would generate before stopping;
-    ``max_tokens`` (the client's cap) ends it earlier with finish reason ``length``.
-    Priorities follow vLLM: a lower number is scheduled first."""
-
-    id: str
-    arrival_s: float
-    input_tokens: int
-    output_tokens: int
-    max_tokens: int | None = None
-    priority: int = 0
-
-
-@dataclass(frozen=True)
-class RequestTiming:
-    """Per-request timestamps (engine time, seconds) for vLLM-style histograms."""
-
-    id: str
-    arrival_s: float
-    scheduled_s: float | None
-    first_token_s: float | None
-    finish_s: float
-    prompt_tokens: int
-    generation_tokens: int
-    finish_reason: str
-    preemptions: int
-    priority: int
-
-    @property
-    def ttft_s(self) -> float | None:
-        return None if self.first_token_s is None else self.first_token_s - self.arrival_s
-
-    @property
-    def queue_s(self) -> float | None:
-        return None if self.scheduled_s is None else self.scheduled_s - self.arrival_s
-
-    @property
-    def prefill_s(self) -> float | None:
-        if self.first_token_s is None or self.scheduled_s is None:
-            return None
-        return self.first_token_s - self.scheduled_s
-
-    @property
-    def decode_s(self) -> float | None:
-        return None if self.first_token_s is None else self.finish_s - self.first_token_s
-
-    @property
-    def e2e_s(self) -> float:
-        return self.finish_s - self.arrival_s
-
-    @property
-    def tpot_s(self) -> float | None:
-        """Mean time per output token after the first (vLLM's TPOT / mean ITL)."""
-        d = self.decode_s
-        if d is None or self.generation_tokens < 2:
-            return None
-        return d / (self.generation_tokens - 1)
-
-
-@dataclass
-class StepResult:
-    """What one call to ``step`` did. ``duration_s`` is 0 when there was nothing to do;
-    every event happened at ``now_s + duration_s``."""
-
-    duration_s: float = 0.0
-    first_token: list[str] = field(default_factory=list)
-    tokens: dict[str, int] = field(default_factory=dict)
-    finished: dict[str, str] = field(default_factory=dict)
-    preempted: list[str] = field(default_factory=list)
-    completed: list[RequestTiming] = field(default_factory=list)
-    iterations: int = 0
-    batched_tokens: int = 0
-
-    @property
-    def idle(self) -> bool:
-        return self.iterations == 0
-
-
-@dataclass(frozen=True)
-class EngineStats:
-    running: int
-    waiting: int
-    kv_usage: float  # 0..1 of the KV block pool
-    num_gpu_blocks: int
-    used_blocks: int
-    num_preemptions_total: int
-    prompt_tokens_total: int
-    generation_tokens_total: int
-    prefix_cache_queries_total: int
-    prefix_cache_hits_total: int  # prefix reuse is not modelled: always 0
-    request_success_total: dict[str, int]
-    iterations_total: int
-    busy_s_total: float  # time spent in iterations
-    compute_bound_s_total: float  # part of busy time limited by FLOPs (tensor activity)
-    weights_bytes: float
-    kv_pool_bytes: float
-    kv_used_bytes: float
-    ready: bool  # the engine clock (launch time or last step start) is past the cold start
 
 
 @dataclass(slots=True, eq=False)  # identity equality: list.remove must not compare fields
@@ -188,11 +89,7 @@ class Engine:
         self._iterations = 0
         self._busy_s = 0.0
         self._compute_s = 0.0
-        # Roofline constants, precomputed once.
-        p = params
-        self._flops_rate = p.peak_flops * p.compute_efficiency
-        self._bytes_rate = p.hbm_bytes_per_s * p.memory_efficiency
-        self._attn_flops = 4.0 * p.n_layers * p.hidden_size
+        self._roofline = Roofline(params)
 
     @classmethod
     def launch(
@@ -433,15 +330,9 @@ class Engine:
             self._running = [s for s in self._running if s.is_running]
 
     def _duration(self, tokens: int, attn: float, kv_read_tokens: int, n_seqs: int) -> float:
-        """Roofline step time; ``attn`` is the sum over sequences of new x context tokens."""
-        p = self.params
-        compute = (2.0 * p.n_params * tokens + self._attn_flops * attn) / self._flops_rate
-        memory = (p.weights_bytes + kv_read_tokens * p.kv_bytes_per_token) / self._bytes_rate
-        if compute > memory:
-            self._compute_s += compute * self.slowdown
-        return (max(compute, memory) + p.step_overhead_s + p.per_seq_overhead_s * n_seqs) * (
-            self.slowdown
-        )
+        duration, compute = self._roofline.step(tokens, attn, kv_read_tokens, n_seqs, self.slowdown)
+        self._compute_s += compute
+        return duration
 
     def _account(self, result: StepResult, duration: float, tokens: int) -> None:
         result.duration_s += duration
@@ -562,57 +453,7 @@ class Engine:
     def _decode_run(
         self, n: int, ctx: int, k_max: int, room_s: float
     ) -> tuple[int, float, float]:
-        """How many decode-only iterations of ``n`` sequences (``ctx`` tokens computed)
-        start within ``room_s``, at most ``k_max``, how long they take in total and the
-        compute-bound part of that. Pure: the caller accounts for them.
-
-        Memory-bound iterations take ``a + b * ctx_j`` with ``ctx_j = ctx + j n``, so their
-        sum is a quadratic in the count, solved in closed form; compute-bound stretches
-        (large batches) are walked one iteration at a time.
-        """
-        if k_max <= 0 or room_s <= 0:
-            return 0, 0.0, 0.0
-        p = self.params
-        slow = self.slowdown
-        over = p.step_overhead_s + p.per_seq_overhead_s * n
-        c0 = (2.0 * p.n_params * n + self._attn_flops * n * 0.5) / self._flops_rate
-        c1 = self._attn_flops / self._flops_rate
-        m0 = (p.weights_bytes + n * p.kv_bytes_per_token) / self._bytes_rate
-        m1 = p.kv_bytes_per_token / self._bytes_rate
-        k = 0
-        elapsed = 0.0
-        compute_s = 0.0
-        # Compute-bound prefix: walk it (memory time grows faster with context, so once
-        # memory-bound, an iteration stays memory-bound).
-        while k < k_max and elapsed < room_s and c0 + c1 * ctx > m0 + m1 * ctx:
-            comp = (c0 + c1 * ctx) * slow
-            elapsed += comp + over * slow
-            compute_s += comp
-            ctx += n
-            k += 1
-        if k < k_max and elapsed < room_s:
-            # Iteration j (from here) lasts a + b j; S(j) = j a + b j (j - 1) / 2 is the
-            # time before it starts. Count iterations with S(j) < room and j < k_max - k.
-            a = (m0 + m1 * ctx + over) * slow
-            b = m1 * n * slow
-            room = room_s - elapsed
-            if math.isinf(room):
-                j = k_max - k
-            elif b > 0:
-                # Largest j with a j + b j (j - 1) / 2 < room, then the count is j + 1.
-                half = a - b / 2
-                j = int((-half + math.sqrt(half * half + 2 * b * room)) / b)
-            else:
-                j = int(room / a)
-            j = min(j, k_max - k)
-            while j > 0 and j * a + b * j * (j - 1) / 2 >= room:
-                j -= 1
-            while j < k_max - k and (j + 1) * a + b * (j + 1) * j / 2 < room:
-                j += 1
-            more = min(j + 1, k_max - k)
-            elapsed += more * a + b * more * (more - 1) / 2
-            k += more
-        return k, elapsed, compute_s
+        return self._roofline.decode_run(n, ctx, k_max, room_s, self.slowdown)
 
     # -- observation --------------------------------------------------------------------
 
