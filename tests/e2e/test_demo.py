@@ -127,7 +127,7 @@ def test_demo_serves_traffic_into_the_store_and_leaves_no_process(tmp_path):
         assert all(r["ttft_ms"] is not None and r["output_tokens"] > 0 for r in rows)
         assert httpx.get(api + "/api/v1/requests").status_code == 401  # tokens are enforced
 
-        assert demo.finish(120) == 0  # --duration: it stops by itself
+        assert demo.finish(120) == 0, "".join(demo.output)  # --duration: stops by itself
     finally:
         demo.kill()
     assert "stopped" in demo.output[-1]
@@ -139,9 +139,10 @@ def test_sigterm_stops_every_process_the_demo_started(tmp_path):
     demo = Demo(tmp_path, "--replicas", "1", "--no-traffic", "--cold-start-s", "0")
     try:
         demo.until("Press Ctrl-C", 170)
-        assert len(demo.survivors()) >= 4  # demo, serve, router, one replica
+        running = demo.survivors()
+        assert len(running) >= 4, running  # demo, serve, router, one replica
         demo.proc.send_signal(signal.SIGTERM)
-        assert demo.finish(60) == 0
+        assert demo.finish(60) == 0, "".join(demo.output)
     finally:
         demo.kill()
     assert wait_for_no_survivors(demo, 10) == []
