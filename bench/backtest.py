@@ -38,40 +38,57 @@ def best_of(repeat: int, fn):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trace-dir", type=Path,
-                    default=Path(__file__).resolve().parents[1].parent / "shared" / "traces")
+    ap.add_argument(
+        "--trace-dir",
+        type=Path,
+        default=Path(__file__).resolve().parents[1].parent / "shared" / "traces",
+    )
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
-          f"python {platform.python_version()}, load average {os.getloadavg()[0]:.1f}")
-    print("| trace | replicas | rate x | requests | simulated h | wall s | CPU s | "
-          "speed-up (sim/CPU) | TTFT p99 ms | attainment |")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
+        f"python {platform.python_version()}, load average {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        "| trace | replicas | rate x | requests | simulated h | wall s | CPU s | "
+        "speed-up (sim/CPU) | TTFT p99 ms | attainment |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for kind, cases in (("conv", [(1, 1.0), (2, 1.0), (2, 2.0), (4, 4.0)]),
-                        ("code", [(1, 1.0), (2, 1.0)])):
+    for kind, cases in (
+        ("conv", [(1, 1.0), (2, 1.0), (2, 2.0), (4, 4.0)]),
+        ("code", [(1, 1.0), (2, 1.0)]),
+    ):
         trace = read_azure_csv(args.trace_dir / f"azure_llm_2023_{kind}.csv")
         for replicas, mult in cases:
+
             def once(r=replicas, m=mult, t=trace):
-                return run_backtest(replay(t.rows, rate_multiplier=m, seed=1),
-                                    BacktestConfig(replicas=r, ttft_slo_s=1.0))
+                return run_backtest(
+                    replay(t.rows, rate_multiplier=m, seed=1),
+                    BacktestConfig(replicas=r, ttft_slo_s=1.0),
+                )
+
             (wall, cpu), rep = best_of(args.repeat, once)
-            print(f"| {kind} | {replicas} | {mult} | {rep.requests} | "
-                  f"{rep.simulated_s / 3600:.2f} | {wall:.1f} | {cpu:.1f} | "
-                  f"{rep.simulated_s / cpu:.0f}x | {rep.ttft_p99_s * 1000:.0f} | "
-                  f"{rep.slo_attainment:.3f} |")
+            print(
+                f"| {kind} | {replicas} | {mult} | {rep.requests} | "
+                f"{rep.simulated_s / 3600:.2f} | {wall:.1f} | {cpu:.1f} | "
+                f"{rep.simulated_s / cpu:.0f}x | {rep.ttft_p99_s * 1000:.0f} | "
+                f"{rep.slo_attainment:.3f} |"
+            )
     # Side by side: decode fusion on and off, one engine, same requests.
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
     trace = read_azure_csv(args.trace_dir / "azure_llm_2023_conv.csv").slice(0, 600)
     reqs = [(a.t_offset_s, a.input_tokens, a.output_tokens) for a in trace.rows]
-    (_, fused), a = best_of(args.repeat,
-                            lambda: run_engine(LLAMA31_8B_H100_VLLM, reqs, fuse=True))
-    (_, plain), b = best_of(args.repeat,
-                            lambda: run_engine(LLAMA31_8B_H100_VLLM, reqs, fuse=False))
-    same = max(abs(x.finish_s - y.finish_s) for x, y in
-               zip(sorted(a, key=lambda t: t.id), sorted(b, key=lambda t: t.id), strict=True))
-    print(f"\nengine, 10 min of conv on one replica ({len(reqs)} requests): fused {fused:.2f} "
-          f"CPU s, one call per iteration {plain:.2f} CPU s, ratio {plain / fused:.1f}x, "
-          f"max finish-time difference {same:.1e} s")
+    (_, fused), a = best_of(args.repeat, lambda: run_engine(LLAMA31_8B_H100_VLLM, reqs, fuse=True))
+    (_, plain), b = best_of(args.repeat, lambda: run_engine(LLAMA31_8B_H100_VLLM, reqs, fuse=False))
+    same = max(
+        abs(x.finish_s - y.finish_s)
+        for x, y in zip(sorted(a, key=lambda t: t.id), sorted(b, key=lambda t: t.id), strict=True)
+    )
+    print(
+        f"\nengine, 10 min of conv on one replica ({len(reqs)} requests): fused {fused:.2f} "
+        f"CPU s, one call per iteration {plain:.2f} CPU s, ratio {plain / fused:.1f}x, "
+        f"max finish-time difference {same:.1e} s"
+    )
 
 
 if __name__ == "__main__":

@@ -27,22 +27,31 @@ def row(label, source, s, pub_ttft, pub_tpot, ttft_kind="median"):
 
     pt = "-" if pub_ttft is None else f"{pub_ttft:.1f}"
     pp = "-" if pub_tpot is None else f"{pub_tpot:.2f}"
-    print(f"| {label} | {source} | {pt} | {sim_ttft:.1f} | {ratio(sim_ttft, pub_ttft)} | "
-          f"{pp} | {s.median_tpot_ms:.2f} | {ratio(s.median_tpot_ms, pub_tpot)} | "
-          f"{s.request_throughput:.2f} |")
+    print(
+        f"| {label} | {source} | {pt} | {sim_ttft:.1f} | {ratio(sim_ttft, pub_ttft)} | "
+        f"{pp} | {s.median_tpot_ms:.2f} | {ratio(s.median_tpot_ms, pub_tpot)} | "
+        f"{s.request_throughput:.2f} |"
+    )
 
 
 def main() -> None:
-    print("| workload | source | published TTFT ms | simulated | ratio | published TPOT ms "
-          "| simulated | ratio | sim req/s |")
+    print(
+        "| workload | source | published TTFT ms | simulated | ratio | published TPOT ms "
+        "| simulated | ratio | sim req/s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     h100, h200 = LLAMA31_8B_H100_VLLM, LLAMA31_8B_H200_VLLM
-    s = summarize(run_engine(h100, [(0.0, i, o) for i, o in zip(LAMBDA_IN, LAMBDA_OUT,
-                                                                strict=True)]))
+    s = summarize(
+        run_engine(h100, [(0.0, i, o) for i, o in zip(LAMBDA_IN, LAMBDA_OUT, strict=True)])
+    )
     row("H100, 10 ShareGPT prompts at once (mean TTFT)", "[L]", s, 62.43, 7.558, "mean")
     share = sharegpt_like(200, seed=1)
-    for qps, pt, pi in ((1.0, 22.76, 7.649), (4.0, 25.52, 9.710), (16.0, 18317.4, 39.92),
-                        (math.inf, 28483.7, 91.78)):
+    for qps, pt, pi in (
+        (1.0, 22.76, 7.649),
+        (4.0, 25.52, 9.710),
+        (16.0, 18317.4, 39.92),
+        (math.inf, 28483.7, 91.78),
+    ):
         s = summarize(run_engine(h200, poisson(qps, share, seed=2)))
         row(f"H200, 200 ShareGPT prompts, {qps:g} QPS", "[C]", s, pt, pi)
     s = summarize(run_engine(h100, poisson(math.inf, sharegpt_like(1000, seed=3))))
@@ -57,8 +66,10 @@ def main() -> None:
     lengths = [sampler(rng) for _ in range(3000)]
     for rate in (1, 4, 8, 12, 16):
         s = summarize(run_engine(h100, poisson(rate, lengths[: int(rate * 180)], seed=5)))
-        print(f"| {rate} | {s.median_ttft_ms:.0f} | {s.p99_ttft_ms:.0f} | "
-              f"{s.median_tpot_ms:.1f} | {s.output_throughput:.0f} |")
+        print(
+            f"| {rate} | {s.median_ttft_ms:.0f} | {s.p99_ttft_ms:.0f} | "
+            f"{s.median_tpot_ms:.1f} | {s.output_throughput:.0f} |"
+        )
 
 
 if __name__ == "__main__":

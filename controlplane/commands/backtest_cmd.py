@@ -34,24 +34,38 @@ def register(sub: Any) -> None:
     p.add_argument("--config", help="governor.yaml (store for --from-store, pool $/GPU-hour)")
     p.add_argument("--data-dir", help="embedded store directory (overrides the config)")
     p.add_argument("--policy", default="static", help="policy name (default static)")
-    p.add_argument("--policy-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="policy option, repeatable (numbers are parsed)")
+    p.add_argument(
+        "--policy-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="policy option, repeatable (numbers are parsed)",
+    )
     p.add_argument("--replicas", type=int, default=1, help="replicas serving at the start")
     p.add_argument("--min-replicas", type=int, default=1)
     p.add_argument("--max-replicas", type=int, default=64)
     p.add_argument("--rate-multiplier", type=float, default=1.0)
     p.add_argument("--time-compression", type=float, default=1.0)
-    p.add_argument("--duration", type=float, default=3600.0,
-                   help="seconds of traffic for --profile/--pattern, or a trace slice")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=3600.0,
+        help="seconds of traffic for --profile/--pattern, or a trace slice",
+    )
     p.add_argument("--start", type=float, default=0.0, help="trace slice start (seconds)")
     p.add_argument("--ttft-slo-ms", type=float, default=2000.0)
     p.add_argument("--tpot-slo-ms", type=float, default=100.0)
     p.add_argument("--cold-start-s", type=float, default=None)
-    p.add_argument("--gpu-hour-usd", type=float, default=None,
-                   help="$/GPU-hour (default: the config pool's, else 2.5)")
+    p.add_argument(
+        "--gpu-hour-usd",
+        type=float,
+        default=None,
+        help="$/GPU-hour (default: the config pool's, else 2.5)",
+    )
     p.add_argument("--mix", help="tenants by weight: tenant:weight[:priority],...")
-    p.add_argument("--engine", default="llama31-8b-h100-vllm",
-                   help="named engine configuration (docs/SIM.md)")
+    p.add_argument(
+        "--engine", default="llama31-8b-h100-vllm", help="named engine configuration (docs/SIM.md)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_run)
@@ -79,8 +93,12 @@ def _arrivals(args: argparse.Namespace, cfg: Any) -> Iterable[Arrival]:
     from controlplane.sim.profile import load_profile, profile_arrivals
 
     mix = traffic.Mix.parse(args.mix) if args.mix else None
-    common = dict(rate_multiplier=args.rate_multiplier, time_compression=args.time_compression,
-                  mix=mix, seed=args.seed)
+    common = dict(
+        rate_multiplier=args.rate_multiplier,
+        time_compression=args.time_compression,
+        mix=mix,
+        seed=args.seed,
+    )
     if args.profile:
         return profile_arrivals(load_profile(args.profile), args.duration, **common)
     if args.pattern:

@@ -79,13 +79,34 @@ class PolicyLoop:
                     except FleetError as exc:
                         error = str(exc)
                         log.warning("scaling %s to %d failed: %s", self.pool, target, exc)
-                taken.append(Action(now, self.pool, self.policy.name, kind, current, target,
-                                    decision.reason, self.dry_run, error))
+                taken.append(
+                    Action(
+                        now,
+                        self.pool,
+                        self.policy.name,
+                        kind,
+                        current,
+                        target,
+                        decision.reason,
+                        self.dry_run,
+                        error,
+                    )
+                )
         if decision.admission_limits is not None:
             if not self.dry_run:
                 self.fleet.set_admission_limits(self.pool, decision.admission_limits)
-            taken.append(Action(now, self.pool, self.policy.name, "limits", current, current,
-                                decision.reason, self.dry_run))
+            taken.append(
+                Action(
+                    now,
+                    self.pool,
+                    self.policy.name,
+                    "limits",
+                    current,
+                    current,
+                    decision.reason,
+                    self.dry_run,
+                )
+            )
         for a in taken:
             self.actions.append(a)
             self.on_action(a)

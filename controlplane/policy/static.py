@@ -32,5 +32,6 @@ class StaticPolicy:
 
 @register_policy("static")
 def static(replicas: int = 1, interval_s: float = 30.0, window_s: float = 60.0) -> StaticPolicy:
-    return StaticPolicy(replicas=int(replicas), interval_s=float(interval_s),
-                        window_s=float(window_s))
+    return StaticPolicy(
+        replicas=int(replicas), interval_s=float(interval_s), window_s=float(window_s)
+    )

@@ -74,7 +74,8 @@ class _Admission:
 
     def admit(self, limits: list[AdmissionLimit], a: Arrival, t: float) -> bool:
         matching = [
-            lim for lim in limits
+            lim
+            for lim in limits
             if lim.tenant in ("*", a.tenant) and lim.priority in (None, a.priority)
         ]
         updates = {}
@@ -104,8 +105,12 @@ class _Backtest:
         self.cfg = cfg
         self.clock = ManualClock(cfg.epoch)
         self.fleet = VirtualFleet(
-            cfg.params, self.clock, epoch=cfg.epoch, cold_start_s=cfg.cold_start_s,
-            gpus_per_replica=cfg.gpus_per_replica, pools=[cfg.pool],
+            cfg.params,
+            self.clock,
+            epoch=cfg.epoch,
+            cold_start_s=cfg.cold_start_s,
+            gpus_per_replica=cfg.gpus_per_replica,
+            pools=[cfg.pool],
         )
         options = dict(cfg.policy_options)
         if cfg.policy == "static":
@@ -118,8 +123,12 @@ class _Backtest:
             ttft_slo_s=cfg.ttft_slo_s, tpot_slo_s=cfg.tpot_slo_s, window_s=self.policy.window_s
         )
         self.loop = PolicyLoop(
-            self.policy, self.fleet, SimSignals(self.fleet, self.log, epoch=cfg.epoch),
-            self.clock, pool=cfg.pool, min_replicas=cfg.min_replicas,
+            self.policy,
+            self.fleet,
+            SimSignals(self.fleet, self.log, epoch=cfg.epoch),
+            self.clock,
+            pool=cfg.pool,
+            min_replicas=cfg.min_replicas,
             max_replicas=cfg.max_replicas,
         )
         self.events: list[tuple[float, int, int, str, int]] = []
@@ -187,8 +196,9 @@ class _Backtest:
         # Least outstanding as the router sees it: a request counts until the iteration
         # that finishes it has ended. Stable min: the oldest replica wins ties.
         r = min(cands, key=lambda c: self.outstanding.get(c.id, 0))
-        req = SimRequest(str(next(self.ids)), a.t_offset_s, a.input_tokens, a.output_tokens,
-                         priority=a.priority)
+        req = SimRequest(
+            str(next(self.ids)), a.t_offset_s, a.input_tokens, a.output_tokens, priority=a.priority
+        )
         try:
             r.engine.submit(req)
         except RequestRejected:
@@ -200,8 +210,9 @@ class _Backtest:
             duration = r.engine.truncate(t)
             if duration is not None:
                 gen = self.generation[r.id] = self.generation[r.id] + 1
-                heapq.heappush(self.events, (started + duration, next(self.seq), _STEP_DONE,
-                                             r.id, gen))
+                heapq.heappush(
+                    self.events, (started + duration, next(self.seq), _STEP_DONE, r.id, gen)
+                )
         self._start_step(r, t)
 
     def _tick(self, t: float) -> None:

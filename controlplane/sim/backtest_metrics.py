@@ -91,7 +91,8 @@ class SimSignals:
         arrivals, done = self.log.window(t, window_s)
         replicas = tuple(self.fleet.replicas(pool))
         serving = [
-            r for r in self.fleet.all_replicas()
+            r
+            for r in self.fleet.all_replicas()
             if r.pool == pool and r.state is ReplicaState.SERVING
         ]
         stats = [r.engine.stats() for r in serving]
@@ -111,9 +112,7 @@ class SimSignals:
             ttft_p99_s=_pct(ttft, 99),
             tpot_p50_s=_pct(tpot, 50),
             tpot_p95_s=_pct(tpot, 95),
-            ttft_attainment=(
-                float(np.mean(good <= self.log.ttft_slo_s)) if good.size else None
-            ),
+            ttft_attainment=(float(np.mean(good <= self.log.ttft_slo_s)) if good.size else None),
             ttft_slo_s=self.log.ttft_slo_s,
             waiting=sum(s.waiting for s in stats),
             running=sum(s.running for s in stats),

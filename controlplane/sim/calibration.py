@@ -122,9 +122,7 @@ LLAMA31_8B_H200_VLLM = LLAMA31_8B_H100_VLLM.with_(
     hbm_bytes_per_s=4.8e12,
 )
 
-PARAMS: dict[str, EngineParams] = {
-    p.name: p for p in (LLAMA31_8B_H100_VLLM, LLAMA31_8B_H200_VLLM)
-}
+PARAMS: dict[str, EngineParams] = {p.name: p for p in (LLAMA31_8B_H100_VLLM, LLAMA31_8B_H200_VLLM)}
 
 
 def get_params(name: str) -> EngineParams:

@@ -45,7 +45,6 @@ __all__ = [
 ]
 
 
-
 @dataclass(slots=True, eq=False)  # identity equality: list.remove must not compare fields
 class _Seq:
     req: SimRequest
@@ -74,9 +73,7 @@ class Engine:
         self.slowdown = 1.0  # step time multiplier (thermal throttling, slow replica)
         self._now = 0.0  # engine clock: launch time, then each step's start (stats().ready)
         # The last step's fused run if it may be cut back (see ``truncate``).
-        self._fused: (
-            tuple[list[_Seq], int, int, int, float, float, float, StepResult] | None
-        ) = None
+        self._fused: tuple[list[_Seq], int, int, int, float, float, float, StepResult] | None = None
         self._free = params.num_gpu_blocks
         self._waiting: list[tuple[tuple[int, float, int], _Seq]] = []
         self._running: list[_Seq] = []
@@ -450,9 +447,7 @@ class Engine:
         if finished:
             self._running = [s for s in self._running if s.is_running]
 
-    def _decode_run(
-        self, n: int, ctx: int, k_max: int, room_s: float
-    ) -> tuple[int, float, float]:
+    def _decode_run(self, n: int, ctx: int, k_max: int, room_s: float) -> tuple[int, float, float]:
         return self._roofline.decode_run(n, ctx, k_max, room_s, self.slowdown)
 
     # -- observation --------------------------------------------------------------------

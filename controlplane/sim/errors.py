@@ -1,10 +1,10 @@
 """Errors of the simulator, traffic generation and backtests.
 
-    GovernorError
-    └── SimError
-        ├── TraceFormatError   a trace file line is not in the Azure CSV format
-        ├── ProfileError       a traffic profile file is missing or malformed
-        └── BacktestError      a backtest cannot run as configured
+GovernorError
+└── SimError
+    ├── TraceFormatError   a trace file line is not in the Azure CSV format
+    ├── ProfileError       a traffic profile file is missing or malformed
+    └── BacktestError      a backtest cannot run as configured
 """
 
 from __future__ import annotations

@@ -111,8 +111,7 @@ class GpuModel:
             sm_clock = SM_CLOCK_MAX_MHZ / self.faults.thermal_factor
             reasons |= REASON_HW_THERMAL | REASON_SW_THERMAL
         used = (
-            p.weights_bytes + stats.kv_pool_bytes + p.activation_reserve_bytes
-            + CUDA_CONTEXT_BYTES
+            p.weights_bytes + stats.kv_pool_bytes + p.activation_reserve_bytes + CUDA_CONTEXT_BYTES
             if self.loaded
             else CUDA_CONTEXT_BYTES
         )

@@ -136,8 +136,9 @@ def _norm_cdf(z: np.ndarray) -> np.ndarray:
     # not a dependency.
     x = np.abs(z) / math.sqrt(2.0)
     t = 1.0 / (1.0 + 0.3275911 * x)
-    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027
-                + t * 1.061405429))))
+    poly = t * (
+        0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429)))
+    )
     erf = 1.0 - poly * np.exp(-x * x)
     return np.asarray(0.5 * (1.0 + np.sign(z) * erf))
 
@@ -192,7 +193,10 @@ def profile_arrivals(
                 c = mix.pick(mix_rng)
                 tenant, prio = c.tenant, c.priority
             yield Arrival(
-                float(times[i] - start_s) / time_compression, int(inp[i]), int(out[i]), tenant,
+                float(times[i] - start_s) / time_compression,
+                int(inp[i]),
+                int(out[i]),
+                tenant,
                 prio,
             )
         t0 += 60.0

@@ -58,8 +58,9 @@ def poisson(
     return out
 
 
-def sharegpt_like(n: int, *, mean_in: float = 230.0, mean_out: float = 203.0, seed: int = 0,
-                  cv: float = 1.0) -> list[tuple[int, int]]:
+def sharegpt_like(
+    n: int, *, mean_in: float = 230.0, mean_out: float = 203.0, seed: int = 0, cv: float = 1.0
+) -> list[tuple[int, int]]:
     """Lognormal stand-in for ShareGPT lengths (means of vLLM PR #18566's 1000 prompts)."""
     rng = random.Random(seed)
     s = math.sqrt(math.log(1 + cv * cv))

@@ -40,9 +40,7 @@ def _priority(value: str) -> int:
         return 0
 
 
-def read_store_trace(
-    store: Store, since: datetime, until: datetime, *, pool: str = ""
-) -> Trace:
+def read_store_trace(store: Store, since: datetime, until: datetime, *, pool: str = "") -> Trace:
     if until <= since:
         raise SimError(f"--until ({until.isoformat()}) must be after --since ({since.isoformat()})")
     res = store.query(_SQL, {"since": since, "until": until, "pool": pool})

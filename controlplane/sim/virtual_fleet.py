@@ -111,11 +111,7 @@ class VirtualFleet:
     def settle(self, replica_id: str) -> None:
         """Called when a replica's engine may have emptied: finish its drain."""
         r = self.get(replica_id)
-        if (
-            r.state is ReplicaState.DRAINING
-            and r.engine.in_flight() == 0
-            and not self.busy(r.id)
-        ):
+        if r.state is ReplicaState.DRAINING and r.engine.in_flight() == 0 and not self.busy(r.id):
             if r.stop_when_drained:
                 self._stop(r)
             else:

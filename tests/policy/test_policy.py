@@ -86,18 +86,27 @@ class FleetSignals:
         self.fleet = fleet
 
     def signals(self, pool: str, now: float, window_s: float) -> PoolSignals:
-        return PoolSignals(pool=pool, now=now, window_s=window_s,
-                           replicas=tuple(self.fleet.replicas(pool)))
+        return PoolSignals(
+            pool=pool, now=now, window_s=window_s, replicas=tuple(self.fleet.replicas(pool))
+        )
 
 
 def make_loop(policy, *, dry_run=False, lo=1, hi=4):
     clock = ManualClock(EPOCH)
-    fleet = VirtualFleet(LLAMA31_8B_H100_VLLM, clock, epoch=EPOCH, cold_start_s=30,
-                         pools=["p"])
+    fleet = VirtualFleet(LLAMA31_8B_H100_VLLM, clock, epoch=EPOCH, cold_start_s=30, pools=["p"])
     fleet.start_warm("p")
     seen: list[Action] = []
-    loop = PolicyLoop(policy, fleet, FleetSignals(fleet), clock, pool="p", min_replicas=lo,
-                      max_replicas=hi, dry_run=dry_run, on_action=seen.append)
+    loop = PolicyLoop(
+        policy,
+        fleet,
+        FleetSignals(fleet),
+        clock,
+        pool="p",
+        min_replicas=lo,
+        max_replicas=hi,
+        dry_run=dry_run,
+        on_action=seen.append,
+    )
     return loop, fleet, clock, seen
 
 
@@ -113,7 +122,9 @@ def test_loop_applies_decisions_to_the_fleet_within_bounds():
     loop.tick()  # 0 is clamped to min 1
     assert len([r for r in fleet.replicas("p") if r.active]) == 1
     assert [(a.kind, a.from_replicas, a.to_replicas) for a in seen] == [
-        ("scale_up", 1, 3), ("scale_up", 3, 4), ("scale_down", 4, 1),
+        ("scale_up", 1, 3),
+        ("scale_up", 3, 4),
+        ("scale_down", 4, 1),
     ]
     assert seen[0].ts == EPOCH and seen[1].ts == EPOCH + 30
 

@@ -51,8 +51,9 @@ def test_same_seed_gives_the_same_report():
 
     def once(seed: int):
         cfg = BacktestConfig(replicas=1, seed=seed)
-        return strip_wall(run_backtest(profile_arrivals(prof, 120, seed=seed,
-                                                        rate_multiplier=2.0), cfg))
+        return strip_wall(
+            run_backtest(profile_arrivals(prof, 120, seed=seed, rate_multiplier=2.0), cfg)
+        )
 
     assert once(5) == once(5)
     assert once(5) != once(6)
@@ -62,26 +63,41 @@ def test_fused_event_loop_gives_the_same_report_as_one_event_per_iteration():
     trace = conv_slice(300, 120)
 
     def run(fuse: bool):
-        cfg = BacktestConfig(replicas=3, fuse=fuse, policy="test-script",
-                             policy_options={"targets": "3/4/2", "interval_s": 20.0},
-                             cold_start_s=15.0)
+        cfg = BacktestConfig(
+            replicas=3,
+            fuse=fuse,
+            policy="test-script",
+            policy_options={"targets": "3/4/2", "interval_s": 20.0},
+            cold_start_s=15.0,
+        )
         return strip_wall(run_backtest(replay(trace.rows, rate_multiplier=2.0, seed=3), cfg))
 
     fused, plain = run(True), run(False)
     assert fused.requests == plain.requests and fused.actions == plain.actions
-    for field in ("ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s", "gpu_hours",
-                  "simulated_s", "slo_attainment"):
+    for field in (
+        "ttft_p50_s",
+        "ttft_p99_s",
+        "tpot_p50_s",
+        "tpot_p99_s",
+        "gpu_hours",
+        "simulated_s",
+        "slo_attainment",
+    ):
         assert getattr(fused, field) == pytest.approx(getattr(plain, field), rel=1e-9), field
     assert (fused.completed, fused.cut, fused.preemptions) == (
-        plain.completed, plain.cut, plain.preemptions)
+        plain.completed,
+        plain.cut,
+        plain.preemptions,
+    )
 
 
 def test_more_replicas_cut_tail_latency_and_cost_more():
     trace = conv_slice(1200, 120)
 
     def run(n: int):
-        return run_backtest(replay(trace.rows, rate_multiplier=3.0, seed=1),
-                            BacktestConfig(replicas=n))
+        return run_backtest(
+            replay(trace.rows, rate_multiplier=3.0, seed=1), BacktestConfig(replicas=n)
+        )
 
     one, three = run(1), run(3)
     assert three.ttft_p99_s < one.ttft_p99_s
@@ -115,8 +131,13 @@ def steady(rate: float, seconds: float) -> list[Arrival]:
 
 
 def test_scale_up_pays_the_cold_start_before_serving():
-    cfg = BacktestConfig(policy="test-script", policy_options={"targets": "1/2"},
-                         replicas=1, cold_start_s=120.0, max_replicas=4)
+    cfg = BacktestConfig(
+        policy="test-script",
+        policy_options={"targets": "1/2"},
+        replicas=1,
+        cold_start_s=120.0,
+        max_replicas=4,
+    )
     r = run_backtest(steady(2.0, 600), cfg)
     assert [(a["kind"], a["ts"] - cfg.epoch) for a in r.actions] == [("scale_up", 30.0)]
     # The second replica exists from t=30 s, cold start included in its GPU time.
@@ -126,8 +147,13 @@ def test_scale_up_pays_the_cold_start_before_serving():
 
 
 def test_scale_down_drains_without_cutting_requests_and_flaps_are_counted():
-    cfg = BacktestConfig(policy="test-script", policy_options={"targets": "2/3/1/3/1"},
-                         replicas=2, cold_start_s=10.0, max_replicas=4)
+    cfg = BacktestConfig(
+        policy="test-script",
+        policy_options={"targets": "2/3/1/3/1"},
+        replicas=2,
+        cold_start_s=10.0,
+        max_replicas=4,
+    )
     r = run_backtest(steady(5.0, 400), cfg)
     assert r.cut == 0 and r.completed == r.requests
     dirs = [a["to_replicas"] - a["from_replicas"] for a in r.actions]
@@ -145,8 +171,11 @@ def test_no_replicas_rejects_requests():
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        pytest.param({"min_replicas": 3, "max_replicas": 2}, "min_replicas 3 > max_replicas 2",
-                     id="inverted bounds"),
+        pytest.param(
+            {"min_replicas": 3, "max_replicas": 2},
+            "min_replicas 3 > max_replicas 2",
+            id="inverted bounds",
+        ),
         pytest.param({"ttft_slo_s": 0}, "SLO thresholds", id="a zero SLO"),
         pytest.param({"gpu_hour_usd": -1}, "gpu_hour_usd", id="a negative price"),
     ],
@@ -167,11 +196,29 @@ def test_out_of_order_arrivals_are_refused():
 
 
 def _insert_requests(store, t0: datetime, n: int) -> None:
-    cols = ["ts", "pool", "model", "replica", "tenant", "priority", "status",
-            "input_tokens", "output_tokens"]
+    cols = [
+        "ts",
+        "pool",
+        "model",
+        "replica",
+        "tenant",
+        "priority",
+        "status",
+        "input_tokens",
+        "output_tokens",
+    ]
     rows = [
-        [t0 + timedelta(seconds=2 * i), "chat", "m", "r1", "acme" if i % 2 else "beta",
-         "1" if i % 3 == 0 else "", "ok", 100 + i, 10 + i]
+        [
+            t0 + timedelta(seconds=2 * i),
+            "chat",
+            "m",
+            "r1",
+            "acme" if i % 2 else "beta",
+            "1" if i % 3 == 0 else "",
+            "ok",
+            100 + i,
+            10 + i,
+        ]
         for i in range(n)
     ]
     store.insert_rows("requests", cols, rows)
@@ -195,8 +242,22 @@ def test_recorded_requests_replay_as_a_trace(store):
 
 def test_cli_prints_a_json_report_for_a_trace_slice(capsys):
     path = trace_file("azure_llm_2023_conv.csv")
-    rc = main(["backtest", "--trace", str(path), "--duration", "120", "--replicas", "2",
-               "--ttft-slo-ms", "500", "--gpu-hour-usd", "3", "--json"])
+    rc = main(
+        [
+            "backtest",
+            "--trace",
+            str(path),
+            "--duration",
+            "120",
+            "--replicas",
+            "2",
+            "--ttft-slo-ms",
+            "500",
+            "--gpu-hour-usd",
+            "3",
+            "--json",
+        ]
+    )
     assert rc == 0
     report = json.loads(capsys.readouterr().out)
     assert report["policy"] == "static" and report["requests"] > 300
@@ -262,10 +323,24 @@ def test_cli_backtests_recorded_traffic_from_its_own_store(tmp_path):
     subprocess.run([sys.executable, "-c", seed], check=True, timeout=120)
     now = datetime.now(UTC)
     out = subprocess.run(
-        [sys.executable, "-m", "controlplane.cli", "backtest", "--from-store",
-         "--since", (now - timedelta(minutes=30)).isoformat(), "--until", now.isoformat(),
-         "--data-dir", str(data), "--json"],
-        check=True, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "controlplane.cli",
+            "backtest",
+            "--from-store",
+            "--since",
+            (now - timedelta(minutes=30)).isoformat(),
+            "--until",
+            now.isoformat(),
+            "--data-dir",
+            str(data),
+            "--json",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     report = json.loads(out.stdout)
     assert report["requests"] == report["completed"] == 300

@@ -16,8 +16,12 @@ from controlplane.sim.calibration import LLAMA31_8B_H100_VLLM
 from controlplane.sim.engine import SimRequest
 from controlplane.sim.virtual_fleet import VirtualFleet
 
-S, ST, D, DD = (ReplicaState.SERVING, ReplicaState.STARTING, ReplicaState.DRAINING,
-                ReplicaState.DRAINED)
+S, ST, D, DD = (
+    ReplicaState.SERVING,
+    ReplicaState.STARTING,
+    ReplicaState.DRAINING,
+    ReplicaState.DRAINED,
+)
 
 
 def reps(*states: ReplicaState) -> list[Replica]:
@@ -45,8 +49,9 @@ def test_plan_scale_refuses_negative_counts():
 
 def make() -> tuple[VirtualFleet, ManualClock]:
     clock = ManualClock(1000.0)
-    return VirtualFleet(LLAMA31_8B_H100_VLLM, clock, epoch=1000.0, cold_start_s=60,
-                        pools=["p"]), clock
+    return VirtualFleet(
+        LLAMA31_8B_H100_VLLM, clock, epoch=1000.0, cold_start_s=60, pools=["p"]
+    ), clock
 
 
 def test_started_replicas_serve_after_the_cold_start():

@@ -176,10 +176,16 @@ def test_cancel_frees_blocks_and_counts_an_abort():
     [
         pytest.param(SimRequest("a", 0, 0, 10), "must be >= 1", id="an empty prompt is refused"),
         pytest.param(SimRequest("b", 0, 10, 0), "must be >= 1", id="zero output is refused"),
-        pytest.param(SimRequest("c", 0, 200_000, 10), "max_model_len",
-                     id="a prompt longer than the context is refused"),
-        pytest.param(SimRequest("d", 0, 10, 10, max_tokens=0), "max_tokens",
-                     id="max_tokens below one is refused"),
+        pytest.param(
+            SimRequest("c", 0, 200_000, 10),
+            "max_model_len",
+            id="a prompt longer than the context is refused",
+        ),
+        pytest.param(
+            SimRequest("d", 0, 10, 10, max_tokens=0),
+            "max_tokens",
+            id="max_tokens below one is refused",
+        ),
     ],
 )
 def test_bad_requests_are_refused_with_a_reason(req, message):

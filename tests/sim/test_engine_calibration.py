@@ -35,22 +35,26 @@ def test_model_shape_and_memory_accounting_of_llama31_8b_on_h100():
 
 
 def test_single_replica_decode_matches_lambda_h100_within_15_percent():
-    s = summarize(run_engine(P, [(0.0, i, o) for i, o in zip(LAMBDA_INPUT, LAMBDA_OUTPUT,
-                                                                 strict=True)]))
+    s = summarize(
+        run_engine(P, [(0.0, i, o) for i, o in zip(LAMBDA_INPUT, LAMBDA_OUTPUT, strict=True)])
+    )
     assert s.median_tpot_ms == pytest.approx(LAMBDA_MEDIAN_TPOT_MS, rel=0.15)
 
 
 @pytest.mark.parametrize(
     ("qps", "published_ttft_ms", "published_itl_ms"),
-    [pytest.param(1.0, 22.76, 7.649, id="vLLM CI on H200 at 1 QPS"),
-     pytest.param(4.0, 25.52, 9.710, id="vLLM CI on H200 at 4 QPS")],
+    [
+        pytest.param(1.0, 22.76, 7.649, id="vLLM CI on H200 at 1 QPS"),
+        pytest.param(4.0, 25.52, 9.710, id="vLLM CI on H200 at 4 QPS"),
+    ],
 )
 def test_low_load_h200_ttft_within_20_and_itl_within_40_percent(
     qps, published_ttft_ms, published_itl_ms
 ):
     # Same model on an H200 to compare with vLLM's CI table (H200, ShareGPT, 200 prompts).
-    s = summarize(run_engine(LLAMA31_8B_H200_VLLM, poisson(qps, sharegpt_like(200, seed=1),
-                                                             seed=2)))
+    s = summarize(
+        run_engine(LLAMA31_8B_H200_VLLM, poisson(qps, sharegpt_like(200, seed=1), seed=2))
+    )
     assert s.median_ttft_ms == pytest.approx(published_ttft_ms, rel=0.2)
     assert 0.6 * published_itl_ms < s.median_tpot_ms < 1.4 * published_itl_ms
 

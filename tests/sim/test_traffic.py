@@ -81,10 +81,15 @@ GOOD = "TIMESTAMP,ContextTokens,GeneratedTokens\r\n"
         pytest.param("ts,in,out\n", 1, "header", id="a wrong header"),
         pytest.param(GOOD, 2, "no requests", id="a header alone"),
         pytest.param(GOOD + "2023-11-16 18:15:46.1,5\r\n", 2, "3 columns", id="a short row"),
-        pytest.param(GOOD + "2023-11-16 18:15:46.1,5,1\r\nyesterday,5,1\r\n", 3,
-                     "bad TIMESTAMP", id="a bad timestamp on line 3"),
-        pytest.param(GOOD + "2023-11-16 18:15:46.1,five,1\r\n", 2, "integers",
-                     id="non-integer tokens"),
+        pytest.param(
+            GOOD + "2023-11-16 18:15:46.1,5,1\r\nyesterday,5,1\r\n",
+            3,
+            "bad TIMESTAMP",
+            id="a bad timestamp on line 3",
+        ),
+        pytest.param(
+            GOOD + "2023-11-16 18:15:46.1,five,1\r\n", 2, "integers", id="non-integer tokens"
+        ),
         pytest.param(GOOD + "2023-11-16 18:15:46.1,5,0\r\n", 2, ">= 1", id="zero output tokens"),
     ],
 )
@@ -147,7 +152,8 @@ def test_mix_assigns_tenants_and_priorities_by_weight():
 
 
 @pytest.mark.parametrize(
-    "text", ["chat", "chat:x", ":1", "chat:1:high"],
+    "text",
+    ["chat", "chat:x", ":1", "chat:1:high"],
 )
 def test_bad_mixes_are_refused(text):
     with pytest.raises(SimError, match="tenant mix"):
@@ -159,13 +165,22 @@ def test_bad_mixes_are_refused(text):
     [
         pytest.param(Constant(5), 1234.0, 5.0, id="constant"),
         pytest.param(Steps(((0, 2), (300, 8), (600, 4))), 450.0, 8.0, id="steps"),
-        pytest.param(Diurnal(10, 0.5, 86400, 14 * 3600), 14 * 3600.0, 15.0,
-                     id="diurnal peaks at its peak hour"),
-        pytest.param(Diurnal(10, 0.5, 86400, 14 * 3600), 2 * 3600.0, 5.0,
-                     id="diurnal troughs half a period later"),
+        pytest.param(
+            Diurnal(10, 0.5, 86400, 14 * 3600),
+            14 * 3600.0,
+            15.0,
+            id="diurnal peaks at its peak hour",
+        ),
+        pytest.param(
+            Diurnal(10, 0.5, 86400, 14 * 3600),
+            2 * 3600.0,
+            5.0,
+            id="diurnal troughs half a period later",
+        ),
         pytest.param(FlashCrowd(2, 20, 600, ramp_s=30), 615.0, 11.0, id="flash crowd ramp"),
-        pytest.param(FlashCrowd(2, 20, 600, ramp_s=30, hold_s=120), 700.0, 20.0,
-                     id="flash crowd hold"),
+        pytest.param(
+            FlashCrowd(2, 20, 600, ramp_s=30, hold_s=120), 700.0, 20.0, id="flash crowd hold"
+        ),
         pytest.param(OnOff(8, 60, 120), 30.0, 8.0, id="on"),
         pytest.param(OnOff(8, 60, 120), 100.0, 0.0, id="off"),
     ],
@@ -193,7 +208,8 @@ def test_same_seed_same_arrivals_and_lognormal_means():
 
 
 @pytest.mark.parametrize(
-    "text", ["constant", "steps:0=a", "wave:3", "onoff:1", "diurnal:x"],
+    "text",
+    ["constant", "steps:0=a", "wave:3", "onoff:1", "diurnal:x"],
 )
 def test_bad_patterns_are_refused_with_the_grammar(text):
     with pytest.raises(SimError, match="bad traffic pattern"):

@@ -30,8 +30,7 @@ def test_shipped_profile_is_what_the_fitting_script_derives_from_the_trace(kind)
 def test_generated_hour_has_the_fitted_statistics(kind):
     prof = load_profile(kind)
     out = list(profile_arrivals(prof, 3600, seed=11))
-    gen = fit_profile(kind, [Arrival(a.t_offset_s, a.input_tokens, a.output_tokens)
-                             for a in out])
+    gen = fit_profile(kind, [Arrival(a.t_offset_s, a.input_tokens, a.output_tokens) for a in out])
     assert gen.mean_rps == pytest.approx(prof.mean_rps, rel=0.08)
     assert gen.per_minute_cv == pytest.approx(prof.per_minute_cv, rel=0.3)
     assert gen.mean_input_tokens == pytest.approx(prof.mean_input_tokens, rel=0.08)
@@ -57,8 +56,9 @@ def test_rate_multiplier_compression_and_mix():
     base = list(profile_arrivals(prof, 600, seed=1))
     double = list(profile_arrivals(prof, 600, seed=1, rate_multiplier=2.0))
     assert len(double) == pytest.approx(2 * len(base), rel=0.08)
-    fast = list(profile_arrivals(prof, 600, seed=1, time_compression=4.0,
-                                 mix=Mix.parse("a:1,b:1:1")))
+    fast = list(
+        profile_arrivals(prof, 600, seed=1, time_compression=4.0, mix=Mix.parse("a:1,b:1:1"))
+    )
     assert max(a.t_offset_s for a in fast) < 150.0
     assert {a.tenant for a in fast} == {"a", "b"}
     assert list(profile_arrivals(prof, 600, seed=1)) == base  # same seed, same traffic
