@@ -98,16 +98,13 @@ class DeliveryQueue:
     def restore(self, deliveries: list[Delivery]) -> None:
         for d in sorted(deliveries, key=lambda x: x.created_at):
             self._track(d)
+            self.latest[(d.receiver, d.group_key)] = d
 
     def _track(self, d: Delivery) -> None:
         if d.status in OPEN:
             self.open[d.id] = d
         else:
             self.open.pop(d.id, None)
-        key = (d.receiver, d.group_key)
-        cur = self.latest.get(key)
-        if cur is None or cur.created_at <= d.created_at:
-            self.latest[key] = d
 
     def enqueue(self, d: Delivery, now: float, *, in_flight: Set[str] = frozenset()) -> None:
         """Queue ``d``; it supersedes older open deliveries of the same receiver and group.
@@ -123,6 +120,7 @@ class DeliveryQueue:
         ]  # fmt: skip
         self._persist(d, now)
         self._track(d)
+        self.latest[(d.receiver, d.group_key)] = d
         for o in stale:
             o.status, o.last_error = SUPERSEDED, f"superseded by {d.id}"
             self.update(o, now)
@@ -186,3 +184,4 @@ class DeliveryQueue:
         d.status, d.attempts, d.next_attempt_at, d.last_error = PENDING, 0, now, ""
         d.created_at = now  # the age limit counts from the requeue
         self.update(d, now)
+        self.latest[(d.receiver, d.group_key)] = d  # the operator made it the newest
