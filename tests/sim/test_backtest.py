@@ -345,3 +345,42 @@ def test_cli_backtests_recorded_traffic_from_its_own_store(tmp_path):
     report = json.loads(out.stdout)
     assert report["requests"] == report["completed"] == 300
     assert report["input_tokens"] == 300 * 500
+
+
+@dataclass
+class _Recorder:
+    """Keeps the signals it is given; decides nothing."""
+
+    seen: list[PoolSignals]
+    name: str = "recorder"
+    interval_s: float = 60.0
+    window_s: float = 60.0
+
+    def decide(self, signals: PoolSignals) -> Decision:
+        self.seen.append(signals)
+        return Decision()
+
+
+_RECORDED: list[PoolSignals] = []
+
+
+@register_policy("test-recorder")
+def _recorder() -> _Recorder:
+    _RECORDED.clear()
+    return _Recorder(_RECORDED)
+
+
+def test_policy_signals_describe_the_last_window_of_traffic():
+    arrivals = steady(4.0, 300)  # 500 in / 50 out tokens each
+    r = run_backtest(arrivals, BacktestConfig(policy="test-recorder", replicas=2, ttft_slo_s=0.5))
+    assert r.completed == 1200
+    mid = [s for s in _RECORDED if 120 <= s.now - BacktestConfig().epoch <= 240]
+    assert mid
+    for s in mid:
+        assert s.arrival_rps == pytest.approx(4.0, rel=0.05)
+        assert s.completed == pytest.approx(240, abs=8)
+        assert s.input_tokens_per_s == pytest.approx(2000, rel=0.05)
+        assert s.output_tokens_per_s == pytest.approx(200, rel=0.05)
+        assert 0.0 < s.ttft_p50_s <= s.ttft_p95_s <= s.ttft_p99_s < 0.5
+        assert s.ttft_attainment == 1.0 and s.ttft_slo_s == 0.5
+        assert s.active_replicas == 2 and 0.0 <= s.kv_usage < 0.05
