@@ -86,60 +86,22 @@ class HourCache:
         self._sums[(slo, h, tm)] = c
 
 
-def _hours(store: Store, slo: SLO, tm: datetime, starts: list[datetime]) -> list[Counts]:
-    """Sums of ``requests_1h`` over ``[h, tm)`` for each ``h`` in ``starts``, one query."""
-    good, total, params = row_exprs(slo)
-    params |= {"pool": slo.selector.pool, "model": slo.selector.model,
-               "tenant": slo.selector.tenant, "tm": tm, "hlo": min(starts)}  # fmt: skip
-    aggs = []
-    for i, h in enumerate(starts):
-        params[f"h{i}"] = h
-        cond = f"hour >= {{h{i}:DateTime('UTC')}}"
-        aggs.append(f"sumIf(g, {cond}), sumIf(n, {cond})")
-    sql = f"""
-SELECT {", ".join(aggs)} FROM (
-    SELECT hour, {good} AS g, {total} AS n FROM requests_1h
-    WHERE {_SEL} AND hour >= {{hlo:DateTime('UTC')}} AND hour < {{tm:DateTime('UTC')}}
-)"""
-    row = store.query(sql, params).rows[0]
-    return [Counts(int(row[2 * i] or 0), int(row[2 * i + 1] or 0)) for i in range(len(starts))]
-
-
-def _hourly_parts(
-    store: Store, slo: SLO, tm: datetime, hours: list[datetime], cache: HourCache | None
-) -> dict[datetime, Counts]:
-    out: dict[datetime, Counts] = {}
-    missing = []
-    for h in sorted({h for h in hours if h < tm}):
-        c = cache.get(slo, h, tm) if cache is not None else None
-        if c is None:
-            missing.append(h)
-        else:
-            out[h] = c
-    if missing:
-        for h, c in zip(missing, _hours(store, slo, tm, missing), strict=True):
-            out[h] = c
-            if cache is not None:
-                cache.put(slo, h, tm, c)
-    return out
-
-
-class _Edges:
-    """One ``requests_1m`` query for the edge minutes of many SLOs' windows.
+class _Batch:
+    """One rollup query answering many SLOs' windows.
 
     Each row gets a bitmask of the (distinct) windows it falls in and the (distinct)
     per-row good/total expressions; the engine groups by series and mask, and the few
     resulting rows are matched to each SLO's selector and windows here. So 100 SLOs
-    cost one small scan, and the SQL stays short whatever the number of SLOs.
+    cost one scan, and the SQL stays short whatever the number of SLOs.
     """
 
     MAX_WINDOWS = 62  # bits of the UInt64 mask
 
-    def __init__(self, until: datetime, tm: datetime) -> None:
-        self.params: dict[str, Any] = {"until": until, "tm": tm}
+    def __init__(self, table: str, where: str, params: dict[str, Any]) -> None:
+        self.table, self.where, self.params = table, where, dict(params)
         self.cols: dict[tuple[str, str, int], int] = {}  # (expr, param, value) -> column
         self.col_sql: list[str] = []
-        self.windows: dict[tuple[datetime, datetime], int] = {}
+        self.windows: dict[Any, int] = {}
         self.window_sql: list[tuple[str, str]] = []  # (condition, scan range)
         self.slos: list[tuple[tuple[str, str, str], list[int], int, int]] = []
 
@@ -154,41 +116,37 @@ class _Edges:
             self.cols[key] = n
         return self.cols[key]
 
-    def _window(self, s: datetime, h: datetime) -> int:
-        if (s, h) not in self.windows:
+    def window(self, key: Any, values: dict[str, datetime], cond: str, rng: str) -> int:
+        """Bit of a window; ``cond``/``rng`` use ``{name}`` for each of ``values``."""
+        if key not in self.windows:
             n = len(self.windows)
-            self.params[f"s{n}"], self.params[f"h{n}"] = s, h
-            si, hi = f"{{s{n}:DateTime('UTC')}}", f"{{h{n}:DateTime('UTC')}}"
-            if h < self.params["tm"]:  # only the edges: [s, h) and [tm, until)
-                cond = f"minute >= {si} AND (minute < {hi} OR minute >= {{tm:DateTime('UTC')}})"
-                rng = f"(minute >= {si} AND minute < {hi})"
-            else:
-                cond = rng = f"minute >= {si}"
-            self.window_sql.append((cond, rng))
-            self.windows[(s, h)] = n
-        return self.windows[(s, h)]
+            names = {}
+            for name, v in values.items():
+                self.params[f"{name}{n}"] = v
+                names[name] = f"{{{name}{n}:DateTime('UTC')}}"
+            self.window_sql.append((cond.format(**names), rng.format(**names)))
+            self.windows[key] = n
+        return self.windows[key]
 
-    def fits(self, starts: list[datetime], hours: list[datetime]) -> bool:
-        new = {(s, h) for s, h in zip(starts, hours, strict=True)} - set(self.windows)
-        return len(self.windows) + len(new) <= self.MAX_WINDOWS
+    def room(self, keys: set[Any]) -> bool:
+        return len(self.windows) + len(keys - set(self.windows)) <= self.MAX_WINDOWS
 
-    def add(self, slo: SLO, starts: list[datetime], hours: list[datetime]) -> int:
+    def add(self, slo: SLO, bits: list[int]) -> int:
         good, total, params = row_exprs(slo)
         ((pname, value),) = params.items() if params else (("", 0),)
         g, n = self._col(good, pname, value), self._col(total, "", 0)
-        bits = [self._window(s, h) for s, h in zip(starts, hours, strict=True)]
         sel = slo.selector
         self.slos.append(((sel.pool, sel.model, sel.tenant), bits, g, n))
         return len(self.slos) - 1
 
     def run(self, store: Store) -> list[list[Counts]]:
-        ranges = ["minute >= {tm:DateTime('UTC')}"] + [r for _, r in self.window_sql]
+        ranges = " OR ".join(r for _, r in self.window_sql)
         mask = " + ".join(f"(toUInt64({c}) * {1 << k})" for k, (c, _) in enumerate(self.window_sql))
         sums = ", ".join(f"sum(c{i})" for i in range(len(self.col_sql)))
         sql = f"""
 SELECT pool, model, tenant, mask, {sums} FROM (
-    SELECT pool, model, tenant, {mask} AS mask, {", ".join(self.col_sql)} FROM requests_1m
-    WHERE minute < {{until:DateTime('UTC')}} AND ({" OR ".join(ranges)})
+    SELECT pool, model, tenant, {mask} AS mask, {", ".join(self.col_sql)} FROM {self.table}
+    WHERE {self.where} AND ({ranges})
 )
 WHERE mask != 0
 GROUP BY pool, model, tenant, mask"""
@@ -213,6 +171,29 @@ GROUP BY pool, model, tenant, mask"""
         return out
 
 
+class _Batches:
+    """Splits SLOs over as many ``_Batch`` queries as the window bits require."""
+
+    def __init__(self, table: str, where: str, params: dict[str, Any]) -> None:
+        self.args = (table, where, params)
+        self.batches = [_Batch(*self.args)]
+
+    def current(self, keys: set[Any]) -> tuple[int, _Batch]:
+        if not self.batches[-1].room(keys):
+            self.batches.append(_Batch(*self.args))
+        return len(self.batches) - 1, self.batches[-1]
+
+    def run(self, store: Store) -> list[list[list[Counts]]]:
+        return [b.run(store) if b.slos else [] for b in self.batches]
+
+
+# Minutes of a window [s, until) not covered by its whole hours [h, tm): condition, scan range.
+_MINUTE_EDGE = (
+    "minute >= {s} AND (minute < {h} OR minute >= {tm})",
+    "(minute >= {s} AND minute < {h}) OR minute >= {tm}",
+)
+
+
 def occurrences_many(
     store: Store,
     until: datetime,
@@ -221,23 +202,52 @@ def occurrences_many(
 ) -> list[list[Counts]]:
     """Counts per window for many SLOs ending at ``until``: each window ``[s, until)`` =
     whole hours ``[h, tm)`` from ``requests_1h`` (h = s rounded up to the hour, tm =
-    until rounded down; cached) + the minutes at both edges (one query for all SLOs)."""
+    until rounded down; cached until the hour turns) + the minutes at both edges from
+    ``requests_1m``. One query for the edges of all SLOs, one for the hours not cached."""
     tm = until.replace(minute=0, second=0, microsecond=0)
-    batches: list[_Edges] = [_Edges(until, tm)]
+    tmp = {"tm": tm}
+    edges = _Batches("requests_1m", "minute < {until:DateTime('UTC')}", {"until": until})
+    hours = _Batches("requests_1h", "hour < {tm:DateTime('UTC')}", {"tm": tm})
     plans = []
     for slo, sinces in items:
-        hours = [_ceil_hour(s) for s in sinces]
-        hourly = _hourly_parts(store, slo, tm, hours, cache)
-        if not batches[-1].fits(sinces, hours):
-            batches.append(_Edges(until, tm))
-        plans.append((hours, hourly, len(batches) - 1, batches[-1].add(slo, sinces, hours)))
-    results = [b.run(store) for b in batches]
-    out = []
-    for hours, hourly, b, j in plans:
-        counts = []
-        for h, c in zip(hours, results[b][j], strict=True):
+        starts_h = [_ceil_hour(s) for s in sinces]
+        keys = {(s, h) for s, h in zip(sinces, starts_h, strict=True)}
+        eb, edge = edges.current(keys)
+        bits = []
+        for s, h in zip(sinces, starts_h, strict=True):
             if h < tm:
-                c = Counts(c.good + hourly[h].good, c.total + hourly[h].total)
+                cond, rng = _MINUTE_EDGE
+                bits.append(edge.window((s, h), {"s": s, "h": h, "tm": tm}, cond, rng))
+            else:
+                bits.append(edge.window((s, h), {"s": s}, "minute >= {s}", "minute >= {s}"))
+        edge_ref = (eb, edge.add(slo, bits))
+        cached: dict[datetime, Counts] = {}
+        missing = []
+        for h in sorted({h for h in starts_h if h < tm}):
+            c = cache.get(slo, h, tm) if cache is not None else None
+            if c is None:
+                missing.append(h)
+            else:
+                cached[h] = c
+        hour_ref = None
+        if missing:
+            hb, hour = hours.current(set(missing))
+            hbits = [hour.window(h, {"h": h} | tmp, "hour >= {h}", "hour >= {h}") for h in missing]
+            hour_ref = (hb, hour.add(slo, hbits), missing)
+        plans.append((slo, starts_h, cached, edge_ref, hour_ref))
+    edge_rows, hour_rows = edges.run(store), hours.run(store)
+    out = []
+    for slo, starts_h, cached, (eb, ej), hour_ref in plans:
+        if hour_ref is not None:
+            hb, hj, missing = hour_ref
+            for h, c in zip(missing, hour_rows[hb][hj], strict=True):
+                cached[h] = c
+                if cache is not None:
+                    cache.put(slo, h, tm, c)
+        counts = []
+        for h, c in zip(starts_h, edge_rows[eb][ej], strict=True):
+            if h < tm:
+                c = Counts(c.good + cached[h].good, c.total + cached[h].total)
             counts.append(c)
         out.append(counts)
     return out
