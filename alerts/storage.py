@@ -19,7 +19,7 @@ from alerts.model import Alert
 from alerts.nflog import NflogEntry
 from alerts.silences import Matcher, Silence
 from controlplane import conventions as cv
-from controlplane.errors import StoreError
+from controlplane.errors import StoreError, StoreUnavailable
 from controlplane.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ _DELIVERY_COLS = [
     "id", "version", "receiver", "kind", "group_key", "url", "body", "fingerprints", "status",
     "attempts", "created_at", "next_attempt_at", "updated_at", "last_error", "last_status",
 ]  # fmt: skip
+_COLUMNS = {STATE: _STATE_COLS, NFLOG: _NFLOG_COLS, SILENCES: _SILENCE_COLS,
+            DELIVERIES: _DELIVERY_COLS}  # fmt: skip
 _EVENT_COLS = [
     "ts", "fingerprint", "alertname", "state", "severity", "slo", "pool", "labels",
     "annotations", "starts_at", "ends_at", "value",
@@ -223,24 +225,41 @@ class AlertStorage:
     def _flush(self) -> bool:
         with self._lock:
             keyed, events = dict(self._keyed), list(self._events)
-        by_table: dict[str, list[list[Any]]] = {}
-        for (table, _), row in keyed.items():
-            by_table.setdefault(table, []).append(row)
-        cols = {STATE: _STATE_COLS, NFLOG: _NFLOG_COLS, SILENCES: _SILENCE_COLS,
-                DELIVERIES: _DELIVERY_COLS}  # fmt: skip
+        by_table: dict[str, list[tuple[tuple[str, str], list[Any]]]] = {}
+        for key, row in keyed.items():
+            by_table.setdefault(key[0], []).append((key, row))
+        ok = True
+        for table, items in by_table.items():
+            written = self._insert(table, _COLUMNS[table], [row for _, row in items])
+            if written is None:
+                return False
+            ok = ok and written
+            with self._lock:
+                for key, row in items:
+                    if self._keyed.get(key) is row:  # not rewritten meanwhile
+                        del self._keyed[key]
+        if events:
+            written = self._insert(cv.ALERT_EVENTS, _EVENT_COLS, events)
+            if written is None:
+                return False
+            ok = ok and written
+            with self._lock:
+                del self._events[: len(events)]
+        return ok
+
+    def _insert(self, table: str, cols: list[str], rows: list[list[Any]]) -> bool | None:
+        """True when written, False when the store rejected (and we dropped) the rows,
+        None when the store is unavailable (rows kept for the next flush)."""
         try:
-            for table, rows in by_table.items():
-                self._store.insert_rows(table, cols[table], rows)
-            if events:
-                self._store.insert_rows(cv.ALERT_EVENTS, _EVENT_COLS, events)
-        except StoreError as exc:
+            self._store.insert_rows(table, cols, rows)
+        except StoreUnavailable as exc:
             log.warning("alert state not written yet, kept for retry: %s", exc)
+            return None
+        except StoreError as exc:
+            # Rejected rows would block every later write if retried; a keyed row is
+            # superseded by its next version anyway.
+            log.error("dropping %d %s rows the store rejected: %s", len(rows), table, exc)
             return False
-        with self._lock:
-            for k, row in keyed.items():
-                if self._keyed.get(k) is row:
-                    del self._keyed[k]
-            del self._events[: len(events)]
         return True
 
 

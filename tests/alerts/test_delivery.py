@@ -291,3 +291,26 @@ def test_process_tick_and_reads_from_several_threads_stay_consistent(store, cloc
     rows = store.query("SELECT state, count() FROM alert_events GROUP BY state").rows
     assert rows == [("firing", 3)]
     h.close()
+
+
+def test_rows_the_store_rejects_are_dropped_without_blocking_later_writes(store, clock, recorder):
+    from controlplane.errors import QueryError
+
+    class RejectingStore(FlakyStore):
+        def insert_rows(self, table, *a, **kw):  # type: ignore[no-untyped-def]
+            if table == "alert_events" and self.down:
+                raise QueryError("Cannot parse input")
+            return self.inner.insert_rows(table, *a, **kw)
+
+    rejecting = RejectingStore(store)
+    rejecting.down = True
+    h = _harness(rejecting, clock, [webhook(recorder)])
+    h.step([sig()])
+    assert h.engine.health()["buffered_writes"] == 0  # not retried forever
+    rejecting.down = False
+    h.run(30, [sig()])
+    assert len(recorder.received) == 1
+    h.restart()
+    h.run(600, [sig()])
+    assert len(recorder.received) == 1  # alert state and the log were written
+    h.close()
