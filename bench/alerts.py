@@ -65,8 +65,10 @@ def bench_process(store: ChdbStore, sizes: list[int]) -> None:
     print(f"{'N':>7} {'first wall s':>13} {'first cpu s':>12} {'steady wall ms':>15} "
           f"{'steady cpu ms':>14}")  # fmt: skip
     cfg = AlertingConfig.model_validate(
-        {"receivers": [{"name": "h", "kind": "webhook", "url": "http://127.0.0.1:9/x"}],
-         "routes": [{"receiver": "h"}]}  # fmt: skip
+        {
+            "receivers": [{"name": "h", "kind": "webhook", "url": "http://127.0.0.1:9/x"}],
+            "routes": [{"receiver": "h"}],
+        }  # fmt: skip
     )
     for n in sizes:
         sigs = _signals(n)
@@ -91,8 +93,10 @@ def bench_fanout(store: ChdbStore, groups: int) -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/hook"
     cfg = AlertingConfig.model_validate(
-        {"receivers": [{"name": "h", "kind": "webhook", "url": url}],
-         "routes": [{"receiver": "h", "group_by": ["pool"], "group_wait_s": 0}]}  # fmt: skip
+        {
+            "receivers": [{"name": "h", "kind": "webhook", "url": url}],
+            "routes": [{"receiver": "h", "group_by": ["pool"], "group_wait_s": 0}],
+        }  # fmt: skip
     )
     print(f"\ntick(): {groups} groups flushed and delivered to a loopback receiver (5 ms each)")
     results = {}
