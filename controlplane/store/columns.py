@@ -144,11 +144,10 @@ def _column(values: list[Any], typ: pa.DataType) -> pa.Array:
     if pa.types.is_decimal(typ) and all(v is None or type(v) is float for v in values):
         # Arrow's cast rounds half-even at the scale, like Decimal.quantize above.
         return pc.cast(pa.array(values, type=pa.float64()), typ)
-    if pa.types.is_timestamp(typ):
-        try:
-            return pa.array(values, type=typ)
-        except (pa.ArrowTypeError, pa.ArrowInvalid):
-            pass
+    if pa.types.is_timestamp(typ) and all(v is None or isinstance(v, datetime) for v in values):
+        # Only datetimes go straight in: Arrow would read a number as a count of the
+        # type's unit (microseconds), while callers mean epoch seconds.
+        return pa.array(values, type=typ)
     return pa.array([None if v is None else conv(v) for v in values], type=typ)
 
 
