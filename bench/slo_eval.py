@@ -153,16 +153,20 @@ def main() -> None:
         if (gov.good, gov.total) != raw["window"]:
             mismatches.append((slo.name, (gov.good, gov.total), raw["window"]))
     raw_s = (time.perf_counter() - t0) * len(slos) / len(raw_slos)
-    med = statistics.median(cycle_s)
+    # The first cycle fills the whole-hour cache (as every cycle after the hour turns
+    # does); the others read only the edge minutes. Both are reported.
+    med = statistics.median(cycle_s[1:]) if len(cycle_s) > 1 else cycle_s[0]
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report = {
-        "rows": rows, "slos": len(slos), "cycles": cycle_s, "median_cycle_s": med,
-        "raw_cycle_s": raw_s, "raw_slos_scanned": len(raw_slos), "speedup": raw_s / med,
+        "rows": rows, "slos": len(slos), "cycles": cycle_s, "cold_cycle_s": cycle_s[0],
+        "median_warm_cycle_s": med, "raw_cycle_s": raw_s, "raw_slos_scanned": len(raw_slos),
+        "speedup_warm": raw_s / med, "speedup_cold": raw_s / cycle_s[0],
         "mismatches": mismatches, "errors": [e.error for e in errors],
         "peak_rss_mib": peak_mib, "at": utc(now).isoformat(),
     }  # fmt: skip
-    print(f"raw-scan cycle: {raw_s:.2f}s ({len(raw_slos)} SLOs scanned); "
-          f"speedup {raw_s / med:.0f}x; window-count mismatches: {len(mismatches)}; "
+    print(f"raw-scan cycle: {raw_s:.2f}s ({len(raw_slos)} SLOs scanned); speedup "
+          f"{raw_s / med:.0f}x warm (median {med:.3f}s), {raw_s / cycle_s[0]:.1f}x cold; "
+          f"window-count mismatches: {len(mismatches)}; "
           f"peak RSS {peak_mib:.0f} MiB")  # fmt: skip
     for m in mismatches[:10]:
         print("  mismatch", m)
