@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import time
 from contextlib import ExitStack
 
 import httpx
@@ -48,6 +49,12 @@ class Fleet:
     def outstanding(self) -> dict[str, int]:
         backends = httpx.get(self.url + "/admin/replicas").json()["replicas"]
         return {b["name"]: b["outstanding"] for b in backends}
+
+    def wait_outstanding(self, expected: dict[str, int], timeout_s: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.outstanding() != expected:
+            assert time.monotonic() < deadline, self.outstanding()
+            threading.Event().wait(0.02)
 
     def state(self, name: str) -> str:
         backends = httpx.get(self.url + "/admin/replicas").json()["replicas"]
@@ -105,6 +112,8 @@ def test_requests_go_to_the_replica_with_fewest_in_flight(stack):
     for s in streams:
         if s.headers[REPLICA_HEADER] == "r0":
             assert list(s.iter_lines())[-2] == "data: [DONE]"
+    # The router releases a replica just after the last byte went out: wait for it.
+    fleet.wait_outstanding({"r0": 0, "r1": 2})
     more = [open_stream(stack, client, fleet.url, body(stream=True)) for _ in range(2)]
     assert {s.headers[REPLICA_HEADER] for s in more} == {"r0"}
     fleet.unhang("r1")
