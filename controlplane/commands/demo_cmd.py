@@ -95,6 +95,22 @@ def demo_config(
     return cfg
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    problems = []
+    if args.replicas < 1:
+        problems.append(f"--replicas must be at least 1 (got {args.replicas})")
+    if args.rate_multiplier <= 0:
+        problems.append(f"--rate-multiplier must be > 0 (got {args.rate_multiplier})")
+    if args.cold_start_s < 0:
+        problems.append(f"--cold-start-s must be >= 0 (got {args.cold_start_s})")
+    if args.duration is not None and args.duration < 0:
+        problems.append(f"--duration must be >= 0 (got {args.duration})")
+    if args.scrape_interval_s <= 0:
+        problems.append(f"--scrape-interval-s must be > 0 (got {args.scrape_interval_s})")
+    if problems:
+        raise DemoError("; ".join(problems))
+
+
 def _wait(what: str, ok: Any, stop: threading.Event, timeout_s: float) -> None:
     """Poll ``ok()`` until true; raise naming ``what`` after ``timeout_s`` or on stop."""
     deadline = time.monotonic() + timeout_s
@@ -115,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
     from controlplane.sim.supervisor import Supervisor, free_port
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    _check_args(args)
     data_dir = Path(args.data_dir or os.environ.get(ENV_DEMO_DIR) or DEFAULT_DIR).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     store_dir, log_dir = data_dir / "store", data_dir / "logs"

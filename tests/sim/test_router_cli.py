@@ -24,6 +24,9 @@ from controlplane.cli import main
                      1, "bad traffic pattern 'wave:2'", id="an unknown pattern"),
         pytest.param(["sim", "replica", "--engine", "gpt-9"], 1,
                      "unknown engine configuration 'gpt-9'", id="an unknown engine"),
+        pytest.param(["demo", "--replicas", "0", "--rate-multiplier", "0"], 1,
+                     "--replicas must be at least 1 (got 0); --rate-multiplier must be > 0",
+                     id="the demo names every bad option before starting anything"),
     ],
 )  # fmt: skip
 def test_bad_arguments_exit_with_a_clear_message(tmp_path, capsys, argv, code, message):
