@@ -151,22 +151,36 @@ SELECT pool, model, tenant, mask, {sums} FROM (
 WHERE mask != 0
 GROUP BY pool, model, tenant, mask"""
         rows = store.query(sql, self.params).rows
+        by_pool: dict[str, list[tuple[Any, ...]]] = {}
+        for r in rows:
+            by_pool.setdefault(r[0], []).append(r)
+        ncols = len(self.col_sql)
+        per_sel: dict[tuple[str, str, str], dict[int, list[int]]] = {}
+
+        def masks(pool: str, model: str, tenant: str) -> dict[int, list[int]]:
+            """Column sums per window mask over the rows a selector matches (memoized:
+            SLOs sharing a selector share the work)."""
+            key = (pool, model, tenant)
+            if key not in per_sel:
+                acc: dict[int, list[int]] = {}
+                for r in by_pool.get(pool, []) if pool else rows:
+                    if (model and r[1] != model) or (tenant and r[2] != tenant):
+                        continue
+                    col_sums = acc.setdefault(r[3], [0] * ncols)
+                    for c in range(ncols):
+                        col_sums[c] += int(r[4 + c] or 0)
+                per_sel[key] = acc
+            return per_sel[key]
+
         out = []
-        for (pool, model, tenant), bits, g, n in self.slos:
+        for sel, bits, g, n in self.slos:
             good = [0] * len(bits)
             total = [0] * len(bits)
-            for r in rows:
-                if (
-                    (pool and r[0] != pool)
-                    or (model and r[1] != model)
-                    or (tenant and r[2] != tenant)
-                ):
-                    continue
-                m = r[3]
+            for m, col_sums in masks(*sel).items():
                 for i, k in enumerate(bits):
                     if m >> k & 1:
-                        good[i] += int(r[4 + g] or 0)
-                        total[i] += int(r[4 + n] or 0)
+                        good[i] += col_sums[g]
+                        total[i] += col_sums[n]
             out.append([Counts(a, b) for a, b in zip(good, total, strict=True)])
         return out
 
