@@ -9,6 +9,8 @@
 * one CLIENT span per request (OTel GenAI attributes, gateway-side time to first chunk)
   through an injected tracer, e.g. one whose provider runs ``LLMSpanProcessor``.
 
+Forwarding one response, its accounting and its span live in ``router_call.py``.
+
 Tenant comes from the ``X-Tenant`` header (else the body's ``user``, else ``default``),
 priority from ``X-Priority`` (else the body's ``priority``, else ``0``); both are
 forwarded to the replica. Admin API (``/admin/...``) registers replicas, drains and sets
@@ -29,13 +31,10 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
     generate_latest,
 )
 
@@ -43,54 +42,23 @@ from controlplane.clock import Clock, SystemClock
 from controlplane.errors import ConfigError
 from controlplane.sim import wire
 from controlplane.sim.admission import Admission, parse_limits
-from controlplane.sim.balancer import Backend, Balancer, UnknownBackend
+from controlplane.sim.balancer import Balancer, UnknownBackend
+from controlplane.sim.router_call import (
+    REPLICA_HEADER,
+    ProxiedCall,
+    RouterMetrics,
+    request_attributes,
+)
 
 log = logging.getLogger(__name__)
 
 TENANT_HEADER = wire.TENANT_HEADER
 PRIORITY_HEADER = wire.PRIORITY_HEADER
-REPLICA_HEADER = "x-governor-replica"  # on responses: which replica served it
 DEFAULT_TENANT = "default"
 DEFAULT_PRIORITY = "0"
 # Connection failures before any byte was sent are retried on another replica.
 MAX_ATTEMPTS = 3
 MAX_DRAIN_WAIT_S = 600.0
-TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-
-
-class RouterMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter(
-            "governor_router_requests", "Requests proxied, by replica and HTTP status",
-            ["replica", "code"], registry=registry,
-        )  # fmt: skip
-        self.stream_errors = Counter(
-            "governor_router_stream_errors",
-            "Streams ended with an error event because the replica failed mid-stream",
-            ["replica"], registry=registry,
-        )  # fmt: skip
-        self.upstream_errors = Counter(
-            "governor_router_upstream_errors",
-            "Connections to a replica that failed before a response",
-            ["replica"], registry=registry,
-        )  # fmt: skip
-        self.rejected = Counter(
-            "governor_router_admission_rejected", "Requests refused with 429 by admission",
-            ["tenant", "priority"], registry=registry,
-        )  # fmt: skip
-        self.no_replica = Counter(
-            "governor_router_no_replica", "Requests refused with 503: no serving replica",
-            registry=registry,
-        )  # fmt: skip
-        self.outstanding = Gauge(
-            "governor_router_outstanding_requests", "Requests in flight per replica",
-            ["replica"], registry=registry,
-        )  # fmt: skip
-        self.ttft = Histogram(
-            "governor_router_time_to_first_chunk_seconds",
-            "Gateway-side time from request to the first response byte",
-            buckets=TTFT_BUCKETS, registry=registry,
-        )  # fmt: skip
 
 
 @dataclass
@@ -265,9 +233,9 @@ def create_app(router: Router) -> FastAPI:
                 continue
             span = router.tracer.start_span(  # type: ignore[union-attr]
                 f"{kind} {parsed.model}", kind=SpanKind.CLIENT, start_time=start_ns,
-                attributes=_request_attributes(parsed, tenant, priority, backend, router.pool),
+                attributes=request_attributes(parsed, tenant, priority, backend, router.pool),
             )  # fmt: skip
-            call = _Call(router, backend, resp, span, start, parsed.stream)
+            call = ProxiedCall(m, router.balancer, backend, resp, span, start, parsed.stream)
             if parsed.stream and resp.status_code == 200:
                 return StreamingResponse(
                     call.stream(), media_type="text/event-stream",
@@ -287,155 +255,3 @@ async def _json(request: Request) -> Any:
         return await request.json()
     except ValueError:
         return None
-
-
-def _request_attributes(
-    parsed: wire.CompletionRequest, tenant: str, priority: str, backend: Backend, pool: str
-) -> dict[str, Any]:
-    host, _, port = backend.url.split("://", 1)[-1].partition(":")
-    attrs: dict[str, Any] = {
-        "gen_ai.operation.name": parsed.kind,
-        "gen_ai.provider.name": "vllm",
-        "gen_ai.request.model": parsed.model,
-        "gen_ai.request.max_tokens": parsed.max_tokens,
-        "gen_ai.request.stream": parsed.stream,
-        "server.address": host,
-        "governor.replica": backend.name,
-        "governor.tenant": tenant,
-        "governor.priority": priority,
-    }
-    if port.split("/")[0].isdigit():
-        attrs["server.port"] = int(port.split("/")[0])
-    if pool:
-        attrs["governor.pool"] = pool
-    return attrs
-
-
-class _Call:
-    """One proxied response: forwards it, then releases the replica and ends the span."""
-
-    def __init__(
-        self,
-        router: Router,
-        backend: Backend,
-        resp: httpx.Response,
-        span: trace.Span,
-        start: float,
-        stream: bool,
-    ) -> None:
-        self.router, self.backend, self.resp, self.span = router, backend, resp, span
-        self.start = start
-        self.stream_mode = stream
-        self._usage: dict[str, Any] | None = None
-        self._finish: str | None = None
-        self._chunks = 0
-        self._tail = b""
-
-    def _first_byte(self) -> None:
-        ttft = time.perf_counter() - self.start
-        self.router.metrics.ttft.observe(ttft)
-        self.span.set_attribute("gen_ai.response.time_to_first_chunk", ttft)
-
-    def _scan(self, data: bytes) -> None:
-        """Pick usage and finish reason out of SSE events (only lines that carry them)."""
-        buf = self._tail + data
-        *lines, self._tail = buf.split(b"\n")
-        for line in lines:
-            if not line.startswith(b"data: {"):
-                continue
-            self._chunks += 1
-            if b'"usage"' not in line and b'"finish_reason":"' not in line:
-                continue
-            try:
-                event = json.loads(line[6:])
-            except ValueError:
-                continue
-            self._absorb(event)
-
-    def _absorb(self, event: dict[str, Any]) -> None:
-        if isinstance(event.get("usage"), dict):
-            self._usage = event["usage"]
-        for choice in event.get("choices") or ():
-            if isinstance(choice, dict) and choice.get("finish_reason"):
-                self._finish = str(choice["finish_reason"])
-        if isinstance(event.get("id"), str):
-            self.span.set_attribute("gen_ai.response.id", event["id"])
-        if isinstance(event.get("model"), str):
-            self.span.set_attribute("gen_ai.response.model", event["model"])
-
-    def _finish_span(self, error: str | None) -> None:
-        if self._usage:
-            self.span.set_attribute(
-                "gen_ai.usage.input_tokens", int(self._usage.get("prompt_tokens", 0))
-            )
-            self.span.set_attribute(
-                "gen_ai.usage.output_tokens", int(self._usage.get("completion_tokens", 0))
-            )
-        elif self.stream_mode and self._chunks:
-            # Without include_usage each content chunk carries one token.
-            self.span.set_attribute("gen_ai.usage.output_tokens", self._chunks)
-        if self._finish:
-            self.span.set_attribute("gen_ai.response.finish_reasons", [self._finish])
-        if error is None and self.resp.status_code >= 400:
-            error = str(self.resp.status_code)
-        if error is not None:
-            self.span.set_attribute("error.type", error)
-            self.span.set_status(Status(StatusCode.ERROR, error))
-        self.span.end()
-
-    async def whole(self) -> Response:
-        error: str | None = None
-        try:
-            content = await self.resp.aread()
-            self._first_byte()
-        except httpx.HTTPError as exc:
-            self.router.metrics.upstream_errors.labels(self.backend.name).inc()
-            content = json.dumps(
-                wire.error_body(f"replica {self.backend.name} failed: {exc}", "upstream_error", 502)
-            ).encode()
-            error = type(exc).__name__
-            status = 502
-        else:
-            status = self.resp.status_code
-            if status == 200:
-                try:
-                    self._absorb(json.loads(content))
-                except ValueError:
-                    pass
-        finally:
-            await self.resp.aclose()
-            self.router.balancer.release(self.backend)
-        self.router.metrics.requests.labels(self.backend.name, str(status)).inc()
-        self._finish_span(error)
-        media = self.resp.headers.get("content-type", "application/json")
-        extra = {k: v for k, v in self.resp.headers.items() if k.lower() == "retry-after"}
-        extra[REPLICA_HEADER] = self.backend.name
-        return Response(content, status, media_type=media, headers=extra)
-
-    async def stream(self) -> AsyncIterator[bytes]:
-        error: str | None = None
-        first = True
-        last = b"\n\n"
-        try:
-            async for data in self.resp.aiter_raw():
-                if first:
-                    self._first_byte()
-                    first = False
-                self._scan(data)
-                last = data
-                yield data
-        except httpx.HTTPError as exc:
-            # The replica went away mid-stream: close this stream with an error event.
-            error = type(exc).__name__
-            self.router.metrics.stream_errors.labels(self.backend.name).inc()
-            log.warning("replica %s failed mid-stream: %s", self.backend.name, exc)
-            event = wire.error_body(
-                f"replica {self.backend.name} failed mid-stream: {error}", "upstream_error", 502
-            )
-            yield (b"" if last.endswith(b"\n\n") else b"\n\n") + wire.sse(event) + wire.DONE
-        finally:
-            await self.resp.aclose()
-            self.router.balancer.release(self.backend)
-            code = "200" if error is None else "stream_error"
-            self.router.metrics.requests.labels(self.backend.name, code).inc()
-            self._finish_span(error)
