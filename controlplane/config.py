@@ -35,6 +35,10 @@ class StoreConfig(_Model):
     query_timeout_s: float = Field(30.0, gt=0)
     async_insert: bool = False
     retention: RetentionConfig = RetentionConfig()
+    # Which request rows keep trace/span ids (24 incompressible bytes a row): all, none,
+    # or exemplars (errors, slow requests and a sample; see collector/exemplars.py).
+    trace_ids: Literal["all", "exemplars", "none"] = "all"
+    trace_id_sample_ratio: float = Field(0.01, ge=0, le=1)
 
 
 class KubernetesTarget(_Model):

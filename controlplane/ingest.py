@@ -20,6 +20,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 
 from collector.errors import SpanMappingError
+from collector.exemplars import TraceIdPolicy
 from collector.genai import AttributeMapping, Pricer, map_span, wanted_keys
 from collector.otlp import decode
 from collector.records import Sink
@@ -77,9 +78,11 @@ class OtlpIngest:
         token: str | None = None,
         room: Callable[[], int] | None = None,
         registry: CollectorRegistry | None = None,
+        trace_ids: TraceIdPolicy | None = None,
     ) -> None:
         """``room``, when given, says how many records the sink can take right now."""
         self._sink = sink
+        self._trace_ids = trace_ids if trace_ids is not None and trace_ids.mode != "all" else None
         self._room = room
         self._emit_lock = threading.Lock()
         self._mapping = mapping or AttributeMapping()
@@ -151,7 +154,7 @@ class OtlpIngest:
                     problems.append(f"span {view.span_id or '?'} ({view.name}): internal error")
                 continue
             if record is not None:
-                records.append(record)
+                records.append(self._trace_ids.apply(record) if self._trace_ids else record)
         if records:
             # Check and emit together, so concurrent requests cannot both fit in one gap.
             with self._emit_lock:
@@ -277,6 +280,7 @@ def build_otlp_ingest(ctx: AppContext) -> None:
         token=token,
         room=_room(ctx, writer),
         registry=ctx.registry,
+        trace_ids=TraceIdPolicy(cfg.store.trace_ids, sample_ratio=cfg.store.trace_id_sample_ratio),
     )
 
 

@@ -61,3 +61,42 @@ def test_the_sample_is_about_the_configured_share_and_stable_per_trace() -> None
 def test_a_ratio_outside_0_1_is_rejected() -> None:
     with pytest.raises(ValueError, match="sample_ratio must be within 0..1"):
         TraceIdPolicy("exemplars", sample_ratio=1.5)
+
+
+def _otlp_body(spans: list[tuple[str, bool, float]]) -> bytes:
+    """vLLM-shaped spans through the real SDK and encoder: (name, failed, ttft seconds)."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    for name, failed, ttft in spans:
+        with tracer.start_as_current_span("llm_request", kind=SpanKind.SERVER) as span:
+            span.set_attributes({
+                "gen_ai.request.id": name, "gen_ai.response.model": "llama",
+                "gen_ai.usage.prompt_tokens": 10, "gen_ai.usage.completion_tokens": 5,
+                "gen_ai.latency.time_to_first_token": ttft, "gen_ai.latency.e2e": ttft + 0.1,
+            })  # fmt: skip
+            if failed:
+                span.set_status(Status(StatusCode.ERROR))
+    provider.shutdown()
+    body: bytes = encode_spans(exporter.get_finished_spans()).SerializeToString()
+    return body
+
+
+def test_the_receiver_applies_the_configured_exemplar_policy() -> None:
+    from collector.records import ListSink
+    from controlplane.ingest import OtlpIngest
+
+    sink = ListSink()
+    ingest = OtlpIngest(sink, trace_ids=TraceIdPolicy("exemplars", sample_ratio=0.0))
+    body = _otlp_body([("fast", False, 0.05), ("slow", False, 2.0), ("failed", True, 0.05)])
+    result = ingest.handle(body, "application/x-protobuf", None)
+    assert result.accepted == 3
+    by_ttft = {(r.ttft_us, r.status): bool(r.trace_id and r.span_id) for r in sink.records}
+    assert by_ttft == {(50_000, "ok"): False, (2_000_000, "ok"): True, (50_000, "error"): True}
