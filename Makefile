@@ -23,7 +23,7 @@ $(STAMP_DEV): pyproject.toml | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/governor demo $(DEMO_ARGS)
 
-# System packages some tests compare against (promtool, alertmanager, chromium).
+# System packages some tests compare against (promtool, prometheus, alertmanager).
 # Installed when running as root (as CI does); elsewhere those tests skip and say why.
 system-deps:
 	@scripts/system-deps.sh

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Install the Debian packages that some tests compare Governor with. Only as root (CI);
+# Install the Debian packages that some tests compare Governor with (promtool and
+# prometheus for the metrics and burn-rate checks, alertmanager). Only as root (CI);
 # otherwise print what is missing: the affected tests skip and name the package.
 set -u
 need=()
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || command -v alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
-command -v chromium >/dev/null 2>&1 || need+=(chromium chromium-driver)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing system packages for tests: ${need[*]}"
