@@ -24,6 +24,7 @@ def register(sub: Any) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from controlplane.slo.sli import latency_threshold_exact
     from controlplane.slo.spec import load_slos
     from controlplane.slo.windows import format_duration
 
@@ -35,6 +36,9 @@ def _check(args: argparse.Namespace) -> int:
         )
         print(f"{s.name}: {s.sli.kind} {s.objective * 100:.6g}% over {s.window.label} "
               f"({s.budgeting.method}); tiers: {tiers or 'none'}")  # fmt: skip
+        if s.sli.kind == "latency" and not latency_threshold_exact(s.sli.threshold_s):
+            print(f"  note: {s.sli.threshold_s:g} s is not a rollup bucket bound (two "
+                  "significant digits): requests just under it count as bad")  # fmt: skip
     print(f"{args.path}: ok ({len(slos)} SLOs)")
     return 0
 

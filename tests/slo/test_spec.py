@@ -309,3 +309,15 @@ def test_slo_check_prints_every_problem_and_fails(tmp_path: Path) -> None:
     assert "chat-8b-ttft: latency 99% over 28d (occurrences); tiers: page-fast 56m/5m >14.4x" in (
         ok.stdout
     )
+
+
+def test_slo_check_notes_a_latency_threshold_between_bucket_bounds(tmp_path: Path) -> None:
+    f = tmp_path / "s.yaml"
+    spec = _base(sli={"kind": "latency", "metric": "ttft", "threshold_s": 0.333})
+    f.write_text(yaml.safe_dump({"slos": [spec, _base(name="exact")]}))
+    r = subprocess.run([sys.executable, "-m", "controlplane.cli", "slo", "check", str(f)],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    notes = [ln for ln in r.stdout.splitlines() if "note:" in ln]
+    assert notes == ["  note: 0.333 s is not a rollup bucket bound (two significant digits): "
+                     "requests just under it count as bad"]  # fmt: skip
