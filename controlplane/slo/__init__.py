@@ -7,6 +7,7 @@
     rules.py     evaluation -> ``alerts.signals.AlertSignal`` (tiers, budget, no data)
     evaluate.py  one evaluation cycle for all SLOs, written to ``slo_evaluations``
     scheduler.py the apscheduler job ``governor serve`` runs
+    metrics.py   SLO values on Governor's own /metrics
 """
 
 from __future__ import annotations

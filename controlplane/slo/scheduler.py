@@ -16,6 +16,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from controlplane.server import register_builder
 from controlplane.slo.evaluate import AlertSink, Evaluator
+from controlplane.slo.metrics import SloCollector
 from controlplane.slo.spec import load_slos
 
 if TYPE_CHECKING:
@@ -93,4 +94,5 @@ def build(ctx: AppContext) -> None:
         ctx.store, slos, clock=ctx.clock, external_url=cfg.alerting.external_url, alerts=alerts
     )
     ctx.services[SERVICE] = evaluator
+    ctx.registry.register(SloCollector(evaluator))
     ctx.add(SloScheduler(evaluator, cfg.evaluation_interval_s))

@@ -189,3 +189,25 @@ def test_serve_refuses_an_invalid_slo_file(store: ChdbStore, tmp_path: Path) -> 
     with pytest.raises(SpecError, match="bad.yaml: alerting.tiers \\(default page-fast\\)"):
         build_context(cfg, store, TokenAuth.parse(f"viewer:{VIEWER}"),
                       builders=[scheduler.build])  # fmt: skip
+
+
+def test_slo_values_are_exported_on_metrics_after_an_evaluation(client: TestClient) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = client.get("/metrics").text
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for fam in text_string_to_metric_families(text) for s in fam.samples
+                if s.name.startswith("governor_slo_")}  # fmt: skip
+
+    assert samples() == {}  # nothing before the first evaluation
+    client.post("/api/v1/slos/evaluate", headers=OP)
+    got = samples()
+    avail = (("pool", "chat"), ("slo", "chat-avail"))
+    assert got[("governor_slo_burn_rate", (*avail, ("window", "1m")))] == pytest.approx(50.0)
+    assert got[("governor_slo_state", (*avail, ("state", "exhausted")))] == 1.0
+    assert got[("governor_slo_state", (*avail, ("state", "ok")))] == 0.0
+    assert got[("governor_slo_budget_remaining", avail)] == pytest.approx(1 - (30 / 1180) / 0.01)
+    ttft = (("pool", "chat"), ("slo", "chat-ttft"))
+    assert got[("governor_slo_sli", ttft)] == 1.0
+    assert got[("governor_slo_objective", ttft)] == 0.95
