@@ -1,9 +1,9 @@
 """Errors of the SLO engine.
 
-    GovernorError
-    ├── ConfigError
-    │   └── SpecError        an SLO file is invalid (every problem, with file and field path)
-    └── SloError             an SLO could not be evaluated (unknown name, ...)
+GovernorError
+├── ConfigError
+│   └── SpecError        an SLO file is invalid (every problem, with file and field path)
+└── SloError             an SLO could not be evaluated (unknown name, ...)
 """
 
 from __future__ import annotations

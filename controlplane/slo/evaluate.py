@@ -111,9 +111,7 @@ def plan(slo: SLO, now: float) -> Plan:
     return Plan(until, window_s, sinces)
 
 
-def evaluate_slo(
-    store: Store, slo: SLO, now: float, cache: HourCache | None = None
-) -> Evaluation:
+def evaluate_slo(store: Store, slo: SLO, now: float, cache: HourCache | None = None) -> Evaluation:
     """Evaluate one SLO at ``now`` (reads the store; everything else is pure)."""
     p = plan(slo, now)
     return finish(slo, now, p, window_counts(store, slo, p.until, p.sinces, cache))

@@ -107,8 +107,10 @@ def _ratio(sli: dict[str, Any], p: str, c: _Ctx) -> tuple[dict[str, Any], dict[s
     if metric == "requests":
         want = "ok" if part == "good" else "error"
         if num.get("status") != want:
-            c.err(f"{p}.ratioMetric.{part}.metricSource.spec.status",
-                  f"{part} requests need status: {want}")
+            c.err(
+                f"{p}.ratioMetric.{part}.metricSource.spec.status",
+                f"{part} requests need status: {want}",
+            )
             return None
         return {"kind": "availability"}, sel
     if part == "good" and metric in _LATENCY and isinstance(num.get("le"), int | float):

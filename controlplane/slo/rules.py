@@ -24,6 +24,7 @@ TIER_NO_DATA = "no-data"
 
 class EvaluationLike(Protocol):
     """What rules read of an evaluation."""
+
     @property
     def state(self) -> str: ...
     @property
@@ -65,8 +66,10 @@ def signals_for(slo: SLO, ev: EvaluationLike, external_url: str) -> list[AlertSi
     for ts, shown in zip(ev.tiers, ev.shown_active, strict=True):
         t = ts.tier
         long_l, short_l = format_duration(t.long_s), format_duration(t.short_s)
-        summary = (f"SLO {slo.name} is burning its error budget {_fmt(ts.long_burn)}x "
-                   f"over {long_l} (tier {t.name}: {long_l} and {short_l} above {t.factor:g}x)")
+        summary = (
+            f"SLO {slo.name} is burning its error budget {_fmt(ts.long_burn)}x "
+            f"over {long_l} (tier {t.name}: {long_l} and {short_l} above {t.factor:g}x)"
+        )
         desc = (f"Objective {target} over {slo.window.label}. Burn rate {_fmt(ts.long_burn)}x "
                 f"over {long_l}, {_fmt(ts.short_burn)}x over {short_l}; budget remaining "
                 f"{_fmt(ev.budget_remaining)}.")  # fmt: skip
@@ -79,8 +82,10 @@ def signals_for(slo: SLO, ev: EvaluationLike, external_url: str) -> list[AlertSi
     if sev:
         active = ev.state == "exhausted"
         summary = f"SLO {slo.name} has spent its error budget for {slo.window.label}"
-        desc = (f"Objective {target}; SLI {_fmt(ev.sli)} over {ev.good}/{ev.total} good "
-                f"events; budget remaining {_fmt(ev.budget_remaining)}.")
+        desc = (
+            f"Objective {target}; SLI {_fmt(ev.sli)} over {ev.good}/{ev.total} good "
+            f"events; budget remaining {_fmt(ev.budget_remaining)}."
+        )
         out.append(AlertSignal(
             labels=_labels(slo, ALERT_EXHAUSTED, sev, TIER_BUDGET),
             annotations=_annotations(slo, summary, desc, external_url),
@@ -89,8 +94,10 @@ def signals_for(slo: SLO, ev: EvaluationLike, external_url: str) -> list[AlertSi
     if slo.alerting.no_data_after_s:
         after = format_duration(slo.alerting.no_data_after_s)
         summary = f"SLO {slo.name} has received no events for {after}"
-        desc = (f"No requests or samples matched the SLO's selector in the last {after} "
-                "(allowing for the evaluation offset); check the collectors and the pool.")
+        desc = (
+            f"No requests or samples matched the SLO's selector in the last {after} "
+            "(allowing for the evaluation offset); check the collectors and the pool."
+        )
         out.append(AlertSignal(
             labels=_labels(slo, ALERT_NO_DATA, slo.alerting.no_data_severity, TIER_NO_DATA),
             annotations=_annotations(slo, summary, desc, external_url),

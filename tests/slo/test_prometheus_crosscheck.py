@@ -65,6 +65,7 @@ def _openmetrics(end: int) -> str:
             i += 1
         for k in cum:
             cum[k].append(totals[k])
+
     def series(name: str, values: list[int]) -> list[str]:
         return [f"{name} {v} {t}" for t, v in zip(times, values, strict=True)]
 
