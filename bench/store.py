@@ -133,6 +133,7 @@ def section_bytes(rows: int) -> dict[str, Any]:
         "FROM system.parts_columns WHERE database = 'bench' AND table = 'requests' AND active "
         "GROUP BY column ORDER BY b DESC"
     ).rows
+    exemplars = _exemplar_bytes(store)
     rollup = store.query(
         "SELECT table, sum(rows), sum(bytes_on_disk) FROM system.parts "
         "WHERE database = 'bench' AND table IN ('requests_1m', 'requests_1h') AND active "
@@ -143,7 +144,44 @@ def section_bytes(rows: int) -> dict[str, Any]:
         "rows": int(q[0]), "bytes": int(q[1]), "bytes_per_row": q[1] / q[0],
         "columns": {c: round(b, 2) for c, b in per_col},
         "rollups": {t: {"rows": int(r), "bytes": int(b)} for t, r, b in rollup},
+        "trace_ids_exemplars": exemplars,
     }  # fmt: skip
+
+
+# collector.exemplars.TraceIdPolicy("exemplars") with its defaults, restated in SQL for this
+# measurement: errors, TTFT >= 1 s, end-to-end >= 30 s, or a trace id whose first four
+# bytes (big-endian) fall in the 1% sample.
+_KEEP_IDS = (
+    "status != 'ok' OR ifNull(ttft_us, 0) >= 1000000 OR ifNull(e2e_us, 0) >= 30000000 "
+    "OR reinterpretAsUInt32(reverse(substring(trace_id, 1, 4))) / 4294967295 < 0.01"
+)
+
+
+def _exemplar_bytes(store: Any) -> dict[str, Any]:
+    """Bytes per row of the same rows with ids kept only as ``store.trace_ids: exemplars``."""
+    cols = [r[0] for r in store.query(
+        "SELECT name FROM system.columns WHERE database = 'bench' AND table = 'requests' "
+        "ORDER BY position"
+    ).rows]  # fmt: skip
+    width = {"trace_id": 16, "span_id": 8}
+    select = ", ".join(
+        f"if({_KEEP_IDS}, {c}, toFixedString('', {width[c]}))" if c in width else c for c in cols
+    )
+    store.command("DROP TABLE IF EXISTS requests_exemplars")
+    store.command("CREATE TABLE requests_exemplars AS requests")
+    try:
+        store.command(f"INSERT INTO requests_exemplars SELECT {select} FROM requests")
+        store.command("OPTIMIZE TABLE requests_exemplars FINAL")
+        rows, size = store.query(
+            "SELECT sum(rows), sum(bytes_on_disk) FROM system.parts "
+            "WHERE database = 'bench' AND table = 'requests_exemplars' AND active"
+        ).rows[0]
+        kept = store.query(
+            "SELECT avg(trace_id != toFixedString('', 16)) FROM requests_exemplars"
+        ).rows[0][0]
+    finally:
+        store.command("DROP TABLE IF EXISTS requests_exemplars")
+    return {"bytes_per_row": size / rows, "share_keeping_ids": kept}
 
 
 RAW_SLI = """

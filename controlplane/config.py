@@ -23,7 +23,10 @@ class _Model(BaseModel):
 class RetentionConfig(_Model):
     requests_days: int = Field(30, ge=1)
     samples_days: int = Field(30, ge=1)
-    rollups_days: int = Field(400, ge=1)
+    rollups_days: int = Field(400, ge=1)  # per-hour rollups
+    # Per-minute rollups serve window edges and Timeslices SLIs: keep them a little longer
+    # than the longest SLO window (calendar months are 31 days), not for a year.
+    minute_rollups_days: int = Field(35, ge=1)
 
 
 class StoreConfig(_Model):

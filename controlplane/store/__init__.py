@@ -69,7 +69,7 @@ def open_store(cfg: StoreConfig, *, data_dir: str | None = None) -> Store:
                 cv.REQUESTS: r.requests_days,
                 cv.GPU_SAMPLES: r.samples_days,
                 cv.REPLICA_SAMPLES: r.samples_days,
-                cv.REQUESTS_1M: r.rollups_days,
+                cv.REQUESTS_1M: r.minute_rollups_days,
                 cv.REQUESTS_1H: r.rollups_days,
             },
         )

@@ -222,3 +222,23 @@ def test_map_and_array_parameters_are_bound_as_literals(store: ChdbStore) -> Non
         {"m": {"k'1": "v'x", "z": "w"}, "a": ["a", "b'c"]},
     )
     assert res.rows == [("v'x", "b'c")]
+
+
+def test_open_store_applies_retention_per_table_from_config(chdb_path: Path) -> None:
+    from controlplane.config import RetentionConfig, StoreConfig
+    from controlplane.store import open_store
+
+    cfg = StoreConfig(
+        database="t_retention",
+        retention=RetentionConfig(requests_days=7, minute_rollups_days=33, rollups_days=90),
+    )
+    store = open_store(cfg, data_dir=str(chdb_path))
+    try:
+        ddl = {t: store.query(f"SHOW CREATE TABLE {t}").rows[0][0]
+               for t in ("requests", "requests_1m", "requests_1h")}  # fmt: skip
+        assert "toIntervalDay(7)" in ddl["requests"]
+        assert "toIntervalDay(33)" in ddl["requests_1m"]
+        assert "toIntervalDay(90)" in ddl["requests_1h"]
+    finally:
+        store.command("DROP DATABASE IF EXISTS t_retention")
+        store.close()
