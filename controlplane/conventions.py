@@ -10,6 +10,8 @@ from __future__ import annotations
 REQUESTS = "requests"
 REQUESTS_1M = "requests_1m"
 REQUESTS_1H = "requests_1h"
+REQUESTS_1M_POOL = "requests_1m_pool"  # the same rollups without the tenant dimension
+REQUESTS_1H_POOL = "requests_1h_pool"
 GPU_SAMPLES = "gpu_samples"
 REPLICA_SAMPLES = "replica_samples"
 ACTIONS = "actions"

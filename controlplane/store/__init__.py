@@ -71,6 +71,8 @@ def open_store(cfg: StoreConfig, *, data_dir: str | None = None) -> Store:
                 cv.REPLICA_SAMPLES: r.samples_days,
                 cv.REQUESTS_1M: r.minute_rollups_days,
                 cv.REQUESTS_1H: r.rollups_days,
+                cv.REQUESTS_1M_POOL: r.minute_rollups_days,
+                cv.REQUESTS_1H_POOL: r.rollups_days,
             },
         )
     except Exception:

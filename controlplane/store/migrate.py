@@ -100,6 +100,8 @@ _TTL_COLUMN = {
     cv.REPLICA_SAMPLES: "toDateTime(ts)",
     cv.REQUESTS_1M: "minute",
     cv.REQUESTS_1H: "hour",
+    cv.REQUESTS_1M_POOL: "minute",
+    cv.REQUESTS_1H_POOL: "hour",
     cv.ACTIONS: "toDateTime(ts)",
     cv.ALERT_EVENTS: "toDateTime(ts)",
     cv.SLO_EVALUATIONS: "toDateTime(ts)",

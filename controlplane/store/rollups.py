@@ -60,18 +60,22 @@ def _split(since: datetime, until: datetime) -> tuple[datetime, datetime]:
     return h0, h1
 
 
-def _union(columns: str) -> str:
-    """Rows of the window from both rollups; ``columns`` are aggregate-state columns."""
+def _union(columns: str, sel: Selector) -> str:
+    """Rows of the window from both rollups; ``columns`` are aggregate-state columns.
+
+    Without a tenant in the selector, the pool-level rollups (no tenant dimension) answer
+    with far fewer rows to merge."""
+    suffix = "_pool" if not sel.tenant else ""
     where = (
         "({pool:String} = '' OR pool = {pool:String}) "
         "AND ({model:String} = '' OR model = {model:String}) "
         "AND ({tenant:String} = '' OR tenant = {tenant:String})"
     )
     return f"""
-SELECT {columns} FROM requests_1h
+SELECT {columns} FROM requests_1h{suffix}
 WHERE {where} AND hour >= {{h0:DateTime('UTC')}} AND hour < {{h1:DateTime('UTC')}}
 UNION ALL
-SELECT {columns} FROM requests_1m
+SELECT {columns} FROM requests_1m{suffix}
 WHERE {where} AND minute >= {{since:DateTime('UTC')}} AND minute < {{until:DateTime('UTC')}}
   AND NOT (minute >= {{h0:DateTime('UTC')}} AND minute < {{h1:DateTime('UTC')}})
 """
@@ -101,7 +105,7 @@ SELECT
     arraySum(mapValues(mapFilter((k, v) -> k <= {{t:UInt32}}, h))) AS good,
     arraySum(mapValues(h)) AS total,
     arraySum(mapValues(mapFilter((k, v) -> k = {{b:UInt32}} AND k != {{t:UInt32}}, h))) AS amb
-FROM (SELECT sumMap(m) AS h FROM ({_union(f"{hist} AS m")}))
+FROM (SELECT sumMap(m) AS h FROM ({_union(f"{hist} AS m", sel)}))
 """
     t_us = int(round(threshold_s * 1e6))
     params = _params(sel, since, until) | {"t": t_us, "b": round_up_2sig(t_us)}
@@ -117,7 +121,7 @@ def throughput_good_total(
 SELECT
     arraySum(mapValues(mapFilter((k, v) -> k >= {{f:UInt32}}, h))) AS good,
     arraySum(mapValues(h)) AS total
-FROM (SELECT sumMap(m) AS h FROM ({_union("tps_hist AS m")}))
+FROM (SELECT sumMap(m) AS h FROM ({_union("tps_hist AS m", sel)}))
 """
     params = _params(sel, since, until) | {"f": int(round(floor_tokens_per_s * 1000))}
     good, total = store.query(sql, params).rows[0]
@@ -127,7 +131,8 @@ FROM (SELECT sumMap(m) AS h FROM ({_union("tps_hist AS m")}))
 def availability_good_total(
     store: Store, sel: Selector, since: datetime, until: datetime
 ) -> GoodTotal:
-    sql = f"SELECT sum(requests) - sum(errors), sum(requests) FROM ({_union('requests, errors')})"
+    inner = _union("requests, errors", sel)
+    sql = f"SELECT sum(requests) - sum(errors), sum(requests) FROM ({inner})"
     good, total = store.query(sql, _params(sel, since, until)).rows[0]
     return GoodTotal(int(good or 0), int(total or 0))
 
@@ -146,7 +151,7 @@ def totals(store: Store, sel: Selector, since: datetime, until: datetime) -> Tot
     cols = "requests, errors, input_tokens, output_tokens, cached_tokens, cost_usd"
     sql = (
         "SELECT sum(requests), sum(errors), sum(input_tokens), sum(output_tokens), "
-        f"sum(cached_tokens), toFloat64(sum(cost_usd)) FROM ({_union(cols)})"
+        f"sum(cached_tokens), toFloat64(sum(cost_usd)) FROM ({_union(cols, sel)})"
     )
     r = store.query(sql, _params(sel, since, until)).rows[0]
     req, err, inp, out, cached = (int(x or 0) for x in r[:5])
@@ -167,7 +172,7 @@ def latency_quantiles(
     10% relative (values just over 10, 100, 1000... us) and 1% near the top of a decade.
     """
     hist = _HIST[metric]
-    inner = _union(f"{hist} AS m")
+    inner = _union(f"{hist} AS m", sel)
     sql = f"SELECT mapKeys(h), mapValues(h) FROM (SELECT sumMap(m) AS h FROM ({inner}))"
     keys, counts = store.query(sql, _params(sel, since, until)).rows[0]
     return quantiles_from_histogram(list(keys or []), list(counts or []), quantiles)

@@ -73,7 +73,7 @@ def test_a_retried_batch_with_the_same_token_is_counted_once_in_raw_and_rollups(
         store.insert_rows("requests", columns(RequestRecord), rows, dedup_token="batch-1")
     store.insert_rows("requests", columns(RequestRecord), rows[:1], dedup_token="batch-2")
     assert store.query("SELECT count() FROM requests").rows[0][0] == 51
-    for table in ("requests_1m", "requests_1h"):
+    for table in ("requests_1m", "requests_1h", "requests_1m_pool", "requests_1h_pool"):
         assert store.query(f"SELECT sum(requests) FROM {table}").rows[0][0] == 51
 
 
