@@ -13,7 +13,7 @@ import fcntl
 import os
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from controlplane.errors import QueryError, StoreError, StoreLocked, StoreUnavailable
 from controlplane.store.base import QueryResult, StoreStatus, check_identifier
-from controlplane.store.columns import to_arrow
+from controlplane.store.typed import TypedInserts, result_from_arrow
 
 _LOCK_FILE = ".governor.lock"
 # Errors that mean the engine itself is unusable rather than the statement being wrong.
@@ -132,7 +132,7 @@ def _array_item(v: Any) -> str:
     return str(format_param(v))
 
 
-class ChdbStore:
+class ChdbStore(TypedInserts):
     driver = "chdb"
 
     def __init__(
@@ -202,39 +202,11 @@ class ChdbStore:
 
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> QueryResult:
         table: pa.Table = self._raw(sql, params, "ArrowTable")
-        cols = table.column_names
-        data = table.to_pydict()
-        rows = list(zip(*(data[c] for c in cols), strict=True)) if cols else []
-        return QueryResult(columns=cols, rows=rows)
+        return result_from_arrow(table)
 
     def query_df(self, sql: str, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
         df: pd.DataFrame = self._raw(sql, params, "DataFrame")
         return df
-
-    def column_types(self, table: str) -> dict[str, str]:
-        check_identifier(table, "table name")
-        if table not in self._types:
-            res = self.query(
-                "SELECT name, type FROM system.columns WHERE database = {db:String} "
-                "AND table = {t:String} ORDER BY position",
-                {"db": self.database, "t": table},
-            )
-            if not res.rows:
-                raise QueryError(f"unknown table {table!r} in database {self.database!r}")
-            self._types[table] = {r[0]: r[1] for r in res.rows}
-        return self._types[table]
-
-    def insert_rows(
-        self,
-        table: str,
-        columns: Sequence[str],
-        rows: Sequence[Sequence[Any]],
-        *,
-        dedup_token: str | None = None,
-    ) -> None:
-        if not rows:
-            return
-        self._insert_arrow(table, to_arrow(columns, rows, self.column_types(table)), dedup_token)
 
     def insert_df(self, table: str, df: pd.DataFrame, *, dedup_token: str | None = None) -> None:
         if df.empty:

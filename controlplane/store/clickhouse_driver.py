@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from datetime import UTC
 from typing import Any, Protocol
@@ -39,7 +39,7 @@ from controlplane.errors import (
     StoreUnavailable,
 )
 from controlplane.store.base import QueryResult, StoreStatus, check_identifier
-from controlplane.store.columns import to_arrow
+from controlplane.store.typed import TypedInserts, result_from_arrow
 
 _SERVER_MESSAGE = re.compile(r"(Code: \d+\..*?)(?: \(for url [^)]*\))?\s*$", re.DOTALL)
 _TIMEOUT_CODES = {159, 160}  # TIMEOUT_EXCEEDED, TOO_SLOW
@@ -56,7 +56,7 @@ def _default_factory(**kwargs: Any) -> Any:
     return clickhouse_connect.get_client(**kwargs)
 
 
-class ClickHouseStore:
+class ClickHouseStore(TypedInserts):
     driver = "clickhouse"
 
     def __init__(
@@ -162,39 +162,11 @@ class ClickHouseStore:
 
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> QueryResult:
         table = self._arrow(sql, params)
-        cols = table.column_names
-        data = table.to_pydict()
-        rows = list(zip(*(data[c] for c in cols), strict=True)) if cols else []
-        return QueryResult(columns=cols, rows=rows)
+        return result_from_arrow(table)
 
     def query_df(self, sql: str, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
         df: pd.DataFrame = self._arrow(sql, params).to_pandas()
         return df
-
-    def column_types(self, table: str) -> dict[str, str]:
-        check_identifier(table, "table name")
-        if table not in self._types:
-            res = self.query(
-                "SELECT name, type FROM system.columns WHERE database = {db:String} "
-                "AND table = {t:String} ORDER BY position",
-                {"db": self.database, "t": table},
-            )
-            if not res.rows:
-                raise QueryError(f"unknown table {table!r} in database {self.database!r}")
-            self._types[table] = {r[0]: r[1] for r in res.rows}
-        return self._types[table]
-
-    def insert_rows(
-        self,
-        table: str,
-        columns: Sequence[str],
-        rows: Sequence[Sequence[Any]],
-        *,
-        dedup_token: str | None = None,
-    ) -> None:
-        if not rows:
-            return
-        self._insert_arrow(table, to_arrow(columns, rows, self.column_types(table)), dedup_token)
 
     def insert_df(self, table: str, df: pd.DataFrame, *, dedup_token: str | None = None) -> None:
         if df.empty:
