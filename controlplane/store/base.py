@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import pandas as pd
+import pyarrow as pa
 
 from controlplane.errors import QueryError
 
@@ -70,6 +71,12 @@ class Store(Protocol):
     def insert_df(
         self, table: str, df: pd.DataFrame, *, dedup_token: str | None = None
     ) -> None: ...
+
+    def insert_arrow(
+        self, table: str, data: pa.Table, *, dedup_token: str | None = None
+    ) -> None:
+        """Insert an Arrow table whose columns already have the table's types (fast path)."""
+        ...
 
     def status(self) -> StoreStatus: ...
 

@@ -47,6 +47,17 @@ class TypedInserts:
             self._types[table] = {r[0]: r[1] for r in res.rows}
         return self._types[table]
 
+    def insert_arrow(
+        self, table: str, data: pa.Table, *, dedup_token: str | None = None
+    ) -> None:
+        if data.num_rows == 0:
+            return
+        known = self.column_types(table)
+        unknown = [c for c in data.column_names if c not in known]
+        if unknown:
+            raise QueryError(f"table {table!r} has no column(s) {', '.join(unknown)}")
+        self._insert_arrow(table, data, dedup_token)
+
     def insert_rows(
         self,
         table: str,

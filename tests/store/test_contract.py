@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from controlplane import conventions as cv
@@ -161,6 +162,18 @@ def test_a_retried_insert_with_the_same_dedup_token_is_a_no_op_in_raw_and_rollup
     any_store.insert_df(cv.REQUESTS, df, dedup_token="df-1")
     any_store.insert_df(cv.REQUESTS, df, dedup_token="df-1")
     assert _counts(any_store) == (14, 14, 14)
+
+
+def test_arrow_inserts_feed_the_rollups_dedup_and_name_unknown_columns(any_store: Store) -> None:
+    ts = pa.array([BASE, BASE + timedelta(minutes=1)], pa.timestamp("us", tz="UTC"))
+    data = pa.table({"ts": ts, "pool": ["a", "b"], "ttft_us": pa.array([1000, 2000], pa.uint32())})
+    any_store.insert_arrow(cv.REQUESTS, data, dedup_token="arrow-1")
+    any_store.insert_arrow(cv.REQUESTS, data, dedup_token="arrow-1")
+    assert _counts(any_store) == (2, 2, 2)
+    got = any_store.query(f"SELECT pool, ttft_us FROM {cv.REQUESTS} ORDER BY pool").rows
+    assert got == [("a", 1000), ("b", 2000)]
+    with pytest.raises(QueryError, match="no column.*bogus"):
+        any_store.insert_arrow(cv.REQUESTS, data.append_column("bogus", pa.array([1, 2])))
 
 
 def test_rollups_and_dataframes_read_back_identically_through_both_drivers(
