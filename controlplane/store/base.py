@@ -72,9 +72,7 @@ class Store(Protocol):
         self, table: str, df: pd.DataFrame, *, dedup_token: str | None = None
     ) -> None: ...
 
-    def insert_arrow(
-        self, table: str, data: pa.Table, *, dedup_token: str | None = None
-    ) -> None:
+    def insert_arrow(self, table: str, data: pa.Table, *, dedup_token: str | None = None) -> None:
         """Insert an Arrow table whose columns already have the table's types (fast path)."""
         ...
 

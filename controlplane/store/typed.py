@@ -47,9 +47,7 @@ class TypedInserts:
             self._types[table] = {r[0]: r[1] for r in res.rows}
         return self._types[table]
 
-    def insert_arrow(
-        self, table: str, data: pa.Table, *, dedup_token: str | None = None
-    ) -> None:
+    def insert_arrow(self, table: str, data: pa.Table, *, dedup_token: str | None = None) -> None:
         if data.num_rows == 0:
             return
         known = self.column_types(table)
