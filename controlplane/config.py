@@ -38,9 +38,9 @@ class StoreConfig(_Model):
     query_timeout_s: float = Field(30.0, gt=0)
     async_insert: bool = False
     retention: RetentionConfig = RetentionConfig()
-    # Which request rows keep trace/span ids (24 incompressible bytes a row): all, none,
-    # or exemplars (errors, slow requests and a sample; see collector/exemplars.py).
-    trace_ids: Literal["all", "exemplars", "none"] = "all"
+    # Which request rows keep trace/span ids (24 incompressible bytes a row): exemplars
+    # (errors, slow requests and a sample; see collector/exemplars.py), all, or none.
+    trace_ids: Literal["all", "exemplars", "none"] = "exemplars"
     trace_id_sample_ratio: float = Field(0.01, ge=0, le=1)
 
 

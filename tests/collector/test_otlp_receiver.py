@@ -98,12 +98,14 @@ def serve(store, tmp_path) -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def shared(chdb_path, tmp_path_factory) -> Iterator[Served]:
-    """One default-config server for the tests that only read their own pool's rows."""
+    """One server for the tests that only read their own pool's rows. It keeps every trace
+    id (not the default exemplars) so tests can check the ids landed."""
     st = ChdbStore(chdb_path, database=f"t_{uuid.uuid4().hex[:12]}")
     migrate(st)
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+    config = {"store": {"trace_ids": "all"}}
     try:
-        yield _start(st, tmp_path_factory.mktemp("spool"), None, servers)
+        yield _start(st, tmp_path_factory.mktemp("spool"), config, servers)
     finally:
         _stop(servers)
         st.command(f"DROP DATABASE IF EXISTS {st.database}")
