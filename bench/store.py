@@ -7,7 +7,8 @@ Sections run in their own processes (chDB binds one data directory per process):
    ``ClickHouseStore`` talking HTTP to a chDB-backed ClickHouse front (test harness) —
    rows/s, side by side. Each insert also feeds both rollup views.
 2. bytes: bytes on disk per ``requests`` row at 10M generated rows after
-   ``OPTIMIZE FINAL``, total and per column.
+   ``OPTIMIZE FINAL``, with the default ``store.trace_ids`` (exemplars) and with ``all``,
+   total and per column.
 3. sli: a 28-day good/total TTFT SLI (threshold 250 ms) for one pool, from the rollups
    vs a raw scan of ``requests`` at >= 100M rows: median of 7 runs after a warm-up, and
    both answers (exact agreement expected: 250 ms is a bucket bound).
@@ -122,6 +123,12 @@ def _dataset(name: str, rows: int) -> Any:
 
 
 def section_bytes(rows: int) -> dict[str, Any]:
+    """Bytes per row with the default ``store.trace_ids`` policy, and with ``all``.
+
+    The generated rows carry ids on every row (``all``); the default policy's rows are the
+    same rows copied with ids blanked as the policy would have."""
+    from controlplane.config import StoreConfig
+
     store = _dataset(f"req{rows // 1_000_000}m", rows)
     store.command("OPTIMIZE TABLE requests FINAL")
     q = store.query(
@@ -133,39 +140,50 @@ def section_bytes(rows: int) -> dict[str, Any]:
         "FROM system.parts_columns WHERE database = 'bench' AND table = 'requests' AND active "
         "GROUP BY column ORDER BY b DESC"
     ).rows
-    exemplars = _exemplar_bytes(store)
+    default = StoreConfig()
+    exemplars = _exemplar_bytes(store, default.trace_id_sample_ratio)
     rollup = store.query(
         "SELECT table, sum(rows), sum(bytes_on_disk) FROM system.parts "
         "WHERE database = 'bench' AND table IN ('requests_1m', 'requests_1h') AND active "
         "GROUP BY table ORDER BY table"
     ).rows
     store.close()
+    all_ids = {"bytes_per_row": q[1] / q[0], "share_keeping_ids": 1.0}
+    by_mode = {"all": all_ids, "exemplars": exemplars}
     return {
-        "rows": int(q[0]), "bytes": int(q[1]), "bytes_per_row": q[1] / q[0],
-        "columns": {c: round(b, 2) for c, b in per_col},
+        "rows": int(q[0]), "default_trace_ids": default.trace_ids,
+        "bytes_per_row_default": by_mode[default.trace_ids]["bytes_per_row"],
+        "trace_ids_all": all_ids, "trace_ids_exemplars": exemplars,
+        "columns_with_all_ids": {c: round(b, 2) for c, b in per_col},
         "rollups": {t: {"rows": int(r), "bytes": int(b)} for t, r, b in rollup},
-        "trace_ids_exemplars": exemplars,
     }  # fmt: skip
 
 
-# collector.exemplars.TraceIdPolicy("exemplars") with its defaults, restated in SQL for this
-# measurement: errors, TTFT >= 1 s, end-to-end >= 30 s, or a trace id whose first four
-# bytes (big-endian) fall in the 1% sample.
-_KEEP_IDS = (
-    "status != 'ok' OR ifNull(ttft_us, 0) >= 1000000 OR ifNull(e2e_us, 0) >= 30000000 "
-    "OR reinterpretAsUInt32(reverse(substring(trace_id, 1, 4))) / 4294967295 < 0.01"
-)
+def _keep_ids_sql(sample_ratio: float) -> str:
+    """collector.exemplars.TraceIdPolicy("exemplars") restated in SQL for this measurement:
+    errors, slow TTFT or end-to-end, or a trace id whose first four bytes (big-endian)
+    fall in the sample."""
+    from collector.exemplars import TraceIdPolicy
+
+    p = TraceIdPolicy("exemplars", sample_ratio=sample_ratio)
+    return (
+        f"status != 'ok' OR ifNull(ttft_us, 0) >= {p.slow_ttft_us} "
+        f"OR ifNull(e2e_us, 0) >= {p.slow_e2e_us} "
+        "OR reinterpretAsUInt32(reverse(substring(trace_id, 1, 4))) / 4294967295 "
+        f"< {p.sample_ratio!r}"
+    )
 
 
-def _exemplar_bytes(store: Any) -> dict[str, Any]:
+def _exemplar_bytes(store: Any, sample_ratio: float) -> dict[str, Any]:
     """Bytes per row of the same rows with ids kept only as ``store.trace_ids: exemplars``."""
     cols = [r[0] for r in store.query(
         "SELECT name FROM system.columns WHERE database = 'bench' AND table = 'requests' "
         "ORDER BY position"
     ).rows]  # fmt: skip
     width = {"trace_id": 16, "span_id": 8}
+    keep = _keep_ids_sql(sample_ratio)
     select = ", ".join(
-        f"if({_KEEP_IDS}, {c}, toFixedString('', {width[c]}))" if c in width else c for c in cols
+        f"if({keep}, {c}, toFixedString('', {width[c]}))" if c in width else c for c in cols
     )
     store.command("DROP TABLE IF EXISTS requests_exemplars")
     store.command("CREATE TABLE requests_exemplars AS requests")
