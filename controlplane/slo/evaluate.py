@@ -30,8 +30,9 @@ from controlplane.slo.burn import (
     tier_states,
     time_to_exhaustion,
 )
+from controlplane.slo.hours import HourCache
 from controlplane.slo.rules import signals_for
-from controlplane.slo.sli import HourCache, occurrences_many, window_counts
+from controlplane.slo.sli import occurrences_many, window_counts
 from controlplane.slo.spec import SLO
 from controlplane.slo.windows import format_duration
 from controlplane.store.base import Store

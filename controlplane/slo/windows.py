@@ -6,6 +6,7 @@ every window Governor reads is a whole number of minutes.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -30,6 +31,7 @@ def parse_duration(text: str) -> int:
     return sum(int(g) * u for g, u in zip(m.groups(), _UNITS.values(), strict=True) if g)
 
 
+@functools.lru_cache(maxsize=4096)  # called for every window of every SLO each cycle
 def format_duration(seconds: float) -> str:
     """Canonical label: 300 -> ``5m``, 3600 -> ``1h``, 201600 -> ``2d8h``."""
     s = int(round(seconds))

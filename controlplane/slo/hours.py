@@ -1,0 +1,238 @@
+"""Whole-hour sums per series and hour, held between evaluation cycles.
+
+An SLO window ``[s, until)`` is whole hours ``[ceil_hour(s), floor_hour(until))`` plus
+the minutes at both edges. The hours are the expensive part (30 days of histograms) and
+hardly change, so ``HourCache`` holds, per hourly rollup table, the sum of every SLO
+column (good/total expression) per series (pool, model, tenant) and hour, as prefix
+sums per selector: any window's hours are then two array lookups, whatever minute the
+window starts at.
+
+Each cycle a table's cache is brought up to date with at most two small queries:
+
+1. A check (only when hours are held): ``sum(requests)`` per hour over the hours asked
+   for. Every request row adds 1 to its hour's ``requests``, so a held hour whose count
+   differs from the one held has received rows since it was read (ingest lag longer than
+   the evaluation offset, a backfill): it is read again.
+2. A read of the hours not held yet (all of them on the first cycle, the newly closed
+   hour after the hour turns) and of the changed ones.
+
+So a cycle's answer is what an uncached read at the same moment would give. Hours older
+than the oldest window start asked for (less a day of slack) are dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from controlplane.slo.burn import Counts
+from controlplane.store.base import Store
+
+ColKey = tuple[str, str, int]  # (per-row SQL expression, its parameter's name, value)
+Series = tuple[str, str, str]  # (pool, model, tenant); '' in a selector means any
+Ints = npt.NDArray[np.int64]
+
+REQUESTS: ColKey = ("requests", "", 0)  # column 0 of every table: the change check
+_HOUR = timedelta(hours=1)
+_KEEP = timedelta(days=1)  # hours held before the oldest window start asked for
+_MAX_RUNS = 4  # more separate runs of hours to read: read their span, filtered by a set
+
+
+def bind_cols(cols: Sequence[ColKey], params: dict[str, Any]) -> list[str]:
+    """SQL of each column, binding its parameter under a name of its own (``thr3``)."""
+    out = []
+    for n, (expr, pname, value) in enumerate(cols):
+        if pname:
+            params[f"{pname}{n}"] = value
+            expr = expr.replace("{" + pname + ":", "{" + f"{pname}{n}" + ":")
+        out.append(expr)
+    return out
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The series a table read is limited to: pools and tenants (None: all)."""
+
+    pools: frozenset[str] | None = None
+    tenants: frozenset[str] | None = None
+
+    @staticmethod
+    def of(selectors: Iterable[Series]) -> Scope:
+        sels = list(selectors)
+        pools = {p for p, _, _ in sels}
+        tenants = {t for _, _, t in sels}
+        return Scope(
+            None if "" in pools else frozenset(pools), None if "" in tenants else frozenset(tenants)
+        )
+
+    def covers(self, other: Scope) -> bool:
+        def sub(a: frozenset[str] | None, b: frozenset[str] | None) -> bool:
+            return a is None or (b is not None and b <= a)
+
+        return sub(self.pools, other.pools) and sub(self.tenants, other.tenants)
+
+    def union(self, other: Scope) -> Scope:
+        def join(a: frozenset[str] | None, b: frozenset[str] | None) -> frozenset[str] | None:
+            return None if a is None or b is None else a | b
+
+        return Scope(join(self.pools, other.pools), join(self.tenants, other.tenants))
+
+    def sql(self, params: dict[str, Any]) -> str:
+        parts = []
+        if self.pools is not None:
+            params["pools"] = sorted(self.pools)
+            parts.append("pool IN {pools:Array(String)}")
+        if self.tenants is not None:
+            params["tenants"] = sorted(self.tenants)
+            parts.append("tenant IN {tenants:Array(String)}")
+        return " AND ".join(parts) or "1"
+
+
+def matches(sel: Series, series: Series) -> bool:
+    return all(not s or s == v for s, v in zip(sel, series, strict=True))
+
+
+class HourTable:
+    """One hourly rollup table's held hours: ``vals[series, hour, column]``."""
+
+    def __init__(self, table: str, scope: Scope, cols: Sequence[ColKey]) -> None:
+        self.table, self.scope = table, scope
+        self.cols = [REQUESTS, *(c for c in dict.fromkeys(cols) if c != REQUESTS)]
+        self.col_index = {c: i for i, c in enumerate(self.cols)}
+        self.lo: datetime | None = None  # first hour held
+        self.series: dict[Series, int] = {}
+        self.vals: Ints = np.zeros((0, 0, len(self.cols)), dtype=np.int64)
+        self.fp: Ints = np.zeros(0, dtype=np.int64)  # sum(requests) per hour when read
+        self.read: npt.NDArray[np.bool_] = np.zeros(0, dtype=bool)
+        self._prefix: dict[Series, Ints] = {}
+
+    def holds(self, scope: Scope, cols: Sequence[ColKey]) -> bool:
+        return self.scope.covers(scope) and all(c in self.col_index for c in cols)
+
+    def _idx(self, h: datetime) -> int:
+        assert self.lo is not None
+        return int((h - self.lo) / _HOUR)
+
+    def _cover(self, lo: datetime, tm: datetime) -> None:
+        """Lay the arrays over the held hours and [lo, tm), dropping hours long before lo."""
+        if self.lo is None:
+            new_lo, new_hi = lo, tm
+        else:
+            hi = self.lo + _HOUR * len(self.fp)
+            new_lo, new_hi = min(lo, max(self.lo, lo - _KEEP)), max(hi, tm)
+            if (new_lo, new_hi) == (self.lo, hi):
+                return
+        n = int((new_hi - new_lo) / _HOUR)
+        vals = np.zeros((len(self.series), n, len(self.cols)), dtype=np.int64)
+        fp, read = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+        if self.lo is not None:  # copy the overlap of the old and new ranges
+            shift = int((self.lo - new_lo) / _HOUR)
+            a, b = max(0, shift), min(n, shift + len(self.fp))
+            if a < b:
+                old = slice(a - shift, b - shift)
+                vals[:, a:b], fp[a:b], read[a:b] = self.vals[:, old], self.fp[old], self.read[old]
+        self.lo, self.vals, self.fp, self.read = new_lo, vals, fp, read
+        self._prefix.clear()
+
+    def refresh(self, store: Store, lo: datetime, tm: datetime, cache: HourCache) -> None:
+        """Hold every hour of ``[lo, tm)`` as the store has it now."""
+        if lo >= tm:
+            return
+        self._cover(lo, tm)
+        i0, i1 = self._idx(lo), self._idx(tm)
+        need = ~self.read[i0:i1]
+        if not need.all():
+            params: dict[str, Any] = {"lo": lo, "tm": tm}
+            rows = store.query(
+                f"SELECT toUnixTimestamp(hour) AS h, sum(requests) FROM {self.table}"
+                f" WHERE {self.scope.sql(params)} AND hour >= {{lo:DateTime('UTC')}}"
+                " AND hour < {tm:DateTime('UTC')} GROUP BY h",
+                params,
+            ).rows
+            cache.queries += 1
+            now = np.zeros(i1 - i0, dtype=np.int64)
+            base = int(lo.timestamp())
+            for h, n in rows:
+                now[(int(h) - base) // 3600] = int(n)
+            need |= now != self.fp[i0:i1]
+        if need.any():
+            self._read(store, [i0 + int(k) for k in np.flatnonzero(need)], cache)
+
+    def _read(self, store: Store, idxs: list[int], cache: HourCache) -> None:
+        assert self.lo is not None
+        params: dict[str, Any] = {}
+        runs: list[list[int]] = []
+        for i in idxs:
+            if runs and runs[-1][1] == i:
+                runs[-1][1] = i + 1
+            else:
+                runs.append([i, i + 1])
+        if len(runs) > _MAX_RUNS:  # scattered hours: their span, then the exact set
+            runs = [[runs[0][0], runs[-1][1]]]
+            params["hs"] = [int((self.lo + i * _HOUR).timestamp()) for i in idxs]
+            extra = " AND toUnixTimestamp(hour) IN {hs:Array(UInt32)}"
+        else:
+            extra = ""
+        conds = []
+        for k, (a, b) in enumerate(runs):
+            params[f"a{k}"], params[f"b{k}"] = self.lo + a * _HOUR, self.lo + b * _HOUR
+            conds.append(f"(hour >= {{a{k}:DateTime('UTC')}} AND hour < {{b{k}:DateTime('UTC')}})")
+        sums = ", ".join(f"sum({c})" for c in bind_cols(self.cols, params))
+        rows = store.query(
+            f"SELECT pool, model, tenant, toUnixTimestamp(hour) AS h, {sums} FROM {self.table}"
+            f" WHERE {self.scope.sql(params)} AND ({' OR '.join(conds)}){extra}"
+            " GROUP BY pool, model, tenant, h",
+            params,
+        ).rows
+        cache.queries += 1
+        cache.hours_read += len(idxs)
+        for r in rows:  # series seen for the first time get a row of zeros
+            if (key := (r[0], r[1], r[2])) not in self.series:
+                self.series[key] = len(self.series)
+        if len(self.series) > self.vals.shape[0]:
+            grow = np.zeros((len(self.series) - self.vals.shape[0], *self.vals.shape[1:]))
+            self.vals = np.concatenate([self.vals, grow.astype(np.int64)])
+        self.vals[:, idxs] = 0
+        if rows:
+            base = int(self.lo.timestamp())
+            s = np.array([self.series[(r[0], r[1], r[2])] for r in rows])
+            h = (np.array([r[3] for r in rows], dtype=np.int64) - base) // 3600
+            self.vals[s, h] = np.array([[v or 0 for v in r[4:]] for r in rows], dtype=np.int64)
+        self.fp[idxs] = self.vals[:, idxs, 0].sum(axis=0)
+        self.read[idxs] = True
+        self._prefix.clear()
+
+    def window(self, sel: Series, good: ColKey, total: ColKey, h: datetime, tm: datetime) -> Counts:
+        """Sums of one selector's good and total columns over the held hours [h, tm)."""
+        p = self._prefix.get(sel)
+        if p is None:
+            rows = [i for key, i in self.series.items() if matches(sel, key)]
+            p = np.zeros((self.vals.shape[1] + 1, len(self.cols)), dtype=np.int64)
+            np.cumsum(self.vals[rows].sum(axis=0), axis=0, out=p[1:])
+            self._prefix[sel] = p
+        a, b = self._idx(h), self._idx(tm)
+        g, n = self.col_index[good], self.col_index[total]
+        return Counts(int(p[b, g] - p[a, g]), int(p[b, n] - p[a, n]))
+
+
+class HourCache:
+    """Held hours of every hourly rollup table the SLOs read (see the module doc)."""
+
+    def __init__(self) -> None:
+        self._tables: dict[str, HourTable] = {}
+        self.hours_read = 0  # hours read from the store, per table (a 30-day read: 720)
+        self.queries = 0  # store queries made (checks and reads)
+
+    def table(self, name: str, scope: Scope, cols: Sequence[ColKey]) -> HourTable:
+        """The table's cache, started over (once) when asked for series or columns it lacks."""
+        t = self._tables.get(name)
+        if t is None or not t.holds(scope, cols):
+            if t is not None:
+                scope, cols = t.scope.union(scope), [*t.cols, *cols]
+            t = self._tables[name] = HourTable(name, scope, cols)
+        return t
