@@ -22,8 +22,8 @@ than the oldest window start asked for (less a day of slack) are dropped.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -41,6 +41,8 @@ REQUESTS: ColKey = ("requests", "", 0)  # column 0 of every table: the change ch
 _HOUR = timedelta(hours=1)
 _KEEP = timedelta(days=1)  # hours held before the oldest window start asked for
 _MAX_RUNS = 4  # more separate runs of hours to read: read their span, filtered by a set
+_SPLIT_HOURS = 24  # reads of more hours run one query per histogram column
+_HIST = re.compile(r"\b\w+_hist\b")
 
 
 def bind_cols(cols: Sequence[ColKey], params: dict[str, Any]) -> list[str]:
@@ -54,55 +56,43 @@ def bind_cols(cols: Sequence[ColKey], params: dict[str, Any]) -> list[str]:
     return out
 
 
-@dataclass(frozen=True)
-class Scope:
-    """The series a table read is limited to: pools and tenants (None: all)."""
-
-    pools: frozenset[str] | None = None
-    tenants: frozenset[str] | None = None
-
-    @staticmethod
-    def of(selectors: Iterable[Series]) -> Scope:
-        sels = list(selectors)
-        pools = {p for p, _, _ in sels}
-        tenants = {t for _, _, t in sels}
-        return Scope(
-            None if "" in pools else frozenset(pools), None if "" in tenants else frozenset(tenants)
-        )
-
-    def covers(self, other: Scope) -> bool:
-        def sub(a: frozenset[str] | None, b: frozenset[str] | None) -> bool:
-            return a is None or (b is not None and b <= a)
-
-        return sub(self.pools, other.pools) and sub(self.tenants, other.tenants)
-
-    def union(self, other: Scope) -> Scope:
-        def join(a: frozenset[str] | None, b: frozenset[str] | None) -> frozenset[str] | None:
-            return None if a is None or b is None else a | b
-
-        return Scope(join(self.pools, other.pools), join(self.tenants, other.tenants))
-
-    def sql(self, params: dict[str, Any]) -> str:
-        parts = []
-        if self.pools is not None:
-            params["pools"] = sorted(self.pools)
-            parts.append("pool IN {pools:Array(String)}")
-        if self.tenants is not None:
-            params["tenants"] = sorted(self.tenants)
-            parts.append("tenant IN {tenants:Array(String)}")
-        return " AND ".join(parts) or "1"
+def selectors_sql(sels: Iterable[Series], params: dict[str, Any], name: str = "sel") -> str:
+    """SQL matching the rows of any of the selectors, bound as ``{name}_p0``... parameters."""
+    terms = []
+    for k, sel in enumerate(sorted(set(sels))):
+        conds = []
+        for dim, v in zip(("pool", "model", "tenant"), sel, strict=True):
+            if v:
+                params[f"{name}_{dim[0]}{k}"] = v
+                conds.append(f"{dim} = {{{name}_{dim[0]}{k}:String}}")
+        if not conds:
+            return "1"
+        terms.append("(" + " AND ".join(conds) + ")")
+    return "(" + " OR ".join(terms) + ")" if terms else "0"
 
 
 def matches(sel: Series, series: Series) -> bool:
     return all(not s or s == v for s, v in zip(sel, series, strict=True))
 
 
-class HourTable:
-    """One hourly rollup table's held hours: ``vals[series, hour, column]``."""
+def _hist(col: ColKey) -> str:
+    m = _HIST.search(col[0])
+    return m.group(0) if m else ""
 
-    def __init__(self, table: str, scope: Scope, cols: Sequence[ColKey]) -> None:
-        self.table, self.scope = table, scope
-        self.cols = [REQUESTS, *(c for c in dict.fromkeys(cols) if c != REQUESTS)]
+
+class HourTable:
+    """One hourly rollup table's held hours: ``vals[series, hour, column]``.
+
+    ``uses`` maps each column to the selectors that read it: a long read (the first
+    cycle, a gap) runs one query per histogram column with only the series whose SLOs
+    use it, since decoding the histograms of the granules read is most of the cost.
+    """
+
+    def __init__(self, table: str, uses: Mapping[ColKey, frozenset[Series]]) -> None:
+        self.table = table
+        every = frozenset().union(*uses.values())
+        self.uses = {REQUESTS: every, **{c: s for c, s in uses.items() if c != REQUESTS}}
+        self.cols = list(self.uses)
         self.col_index = {c: i for i, c in enumerate(self.cols)}
         self.lo: datetime | None = None  # first hour held
         self.series: dict[Series, int] = {}
@@ -111,8 +101,8 @@ class HourTable:
         self.read: npt.NDArray[np.bool_] = np.zeros(0, dtype=bool)
         self._prefix: dict[Series, Ints] = {}
 
-    def holds(self, scope: Scope, cols: Sequence[ColKey]) -> bool:
-        return self.scope.covers(scope) and all(c in self.col_index for c in cols)
+    def holds(self, uses: Mapping[ColKey, frozenset[Series]]) -> bool:
+        return all(c in self.uses and s <= self.uses[c] for c, s in uses.items())
 
     def _idx(self, h: datetime) -> int:
         assert self.lo is not None
@@ -150,8 +140,8 @@ class HourTable:
             params: dict[str, Any] = {"lo": lo, "tm": tm}
             rows = store.query(
                 f"SELECT toUnixTimestamp(hour) AS h, sum(requests) FROM {self.table}"
-                f" WHERE {self.scope.sql(params)} AND hour >= {{lo:DateTime('UTC')}}"
-                " AND hour < {tm:DateTime('UTC')} GROUP BY h",
+                f" WHERE {selectors_sql(self.uses[REQUESTS], params)}"
+                " AND hour >= {lo:DateTime('UTC')} AND hour < {tm:DateTime('UTC')} GROUP BY h",
                 params,
             ).rows
             cache.queries += 1
@@ -164,6 +154,23 @@ class HourTable:
             self._read(store, [i0 + int(k) for k in np.flatnonzero(need)], cache)
 
     def _read(self, store: Store, idxs: list[int], cache: HourCache) -> None:
+        if len(idxs) > _SPLIT_HOURS:
+            groups: dict[str, list[int]] = {}
+            for i, c in enumerate(self.cols):
+                groups.setdefault(_hist(c), []).append(i)
+            parts = list(groups.values())
+        else:
+            parts = [list(range(len(self.cols)))]
+        self.vals[:, idxs] = 0
+        for cols in parts:  # REQUESTS (no histogram) is in the first part
+            self._read_cols(store, idxs, cols, cache)
+        cache.hours_read += len(idxs)
+        self.fp[idxs] = self.vals[:, idxs, 0].sum(axis=0)
+        self.read[idxs] = True
+        self._prefix.clear()
+
+    def _read_cols(self, store: Store, idxs: list[int], cols: list[int], cache: HourCache) -> None:
+        """Read columns ``cols`` of the hours ``idxs`` for the series that use them."""
         assert self.lo is not None
         params: dict[str, Any] = {}
         runs: list[list[int]] = []
@@ -182,30 +189,29 @@ class HourTable:
         for k, (a, b) in enumerate(runs):
             params[f"a{k}"], params[f"b{k}"] = self.lo + a * _HOUR, self.lo + b * _HOUR
             conds.append(f"(hour >= {{a{k}:DateTime('UTC')}} AND hour < {{b{k}:DateTime('UTC')}})")
-        sums = ", ".join(f"sum({c})" for c in bind_cols(self.cols, params))
+        sql_cols = bind_cols([self.cols[i] for i in cols], params)
+        sels = frozenset().union(*(self.uses[self.cols[i]] for i in cols))
+        sums = ", ".join(f"sum({c})" for c in sql_cols)
         rows = store.query(
             f"SELECT pool, model, tenant, toUnixTimestamp(hour) AS h, {sums} FROM {self.table}"
-            f" WHERE {self.scope.sql(params)} AND ({' OR '.join(conds)}){extra}"
+            f" WHERE {selectors_sql(sels, params)} AND ({' OR '.join(conds)}){extra}"
             " GROUP BY pool, model, tenant, h",
             params,
         ).rows
         cache.queries += 1
-        cache.hours_read += len(idxs)
+        if not rows:
+            return
         for r in rows:  # series seen for the first time get a row of zeros
             if (key := (r[0], r[1], r[2])) not in self.series:
                 self.series[key] = len(self.series)
         if len(self.series) > self.vals.shape[0]:
             grow = np.zeros((len(self.series) - self.vals.shape[0], *self.vals.shape[1:]))
             self.vals = np.concatenate([self.vals, grow.astype(np.int64)])
-        self.vals[:, idxs] = 0
-        if rows:
-            base = int(self.lo.timestamp())
-            s = np.array([self.series[(r[0], r[1], r[2])] for r in rows])
-            h = (np.array([r[3] for r in rows], dtype=np.int64) - base) // 3600
-            self.vals[s, h] = np.array([[v or 0 for v in r[4:]] for r in rows], dtype=np.int64)
-        self.fp[idxs] = self.vals[:, idxs, 0].sum(axis=0)
-        self.read[idxs] = True
-        self._prefix.clear()
+        base = int(self.lo.timestamp())
+        s = np.array([self.series[(r[0], r[1], r[2])] for r in rows])
+        h = (np.array([r[3] for r in rows], dtype=np.int64) - base) // 3600
+        v = np.array([[x or 0 for x in r[4:]] for r in rows], dtype=np.int64)
+        self.vals[s[:, None], h[:, None], np.array(cols)[None, :]] = v
 
     def window(self, sel: Series, good: ColKey, total: ColKey, h: datetime, tm: datetime) -> Counts:
         """Sums of one selector's good and total columns over the held hours [h, tm)."""
@@ -228,11 +234,12 @@ class HourCache:
         self.hours_read = 0  # hours read from the store, per table (a 30-day read: 720)
         self.queries = 0  # store queries made (checks and reads)
 
-    def table(self, name: str, scope: Scope, cols: Sequence[ColKey]) -> HourTable:
+    def table(self, name: str, uses: Mapping[ColKey, frozenset[Series]]) -> HourTable:
         """The table's cache, started over (once) when asked for series or columns it lacks."""
         t = self._tables.get(name)
-        if t is None or not t.holds(scope, cols):
+        if t is None or not t.holds(uses):
             if t is not None:
-                scope, cols = t.scope.union(scope), [*t.cols, *cols]
-            t = self._tables[name] = HourTable(name, scope, cols)
+                keys = set(uses) | set(t.uses)
+                uses = {c: uses.get(c, frozenset()) | t.uses.get(c, frozenset()) for c in keys}
+            t = self._tables[name] = HourTable(name, uses)
         return t

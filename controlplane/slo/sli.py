@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from controlplane.slo.burn import Counts
-from controlplane.slo.hours import ColKey, HourCache, Scope, Series
+from controlplane.slo.hours import ColKey, HourCache, Series, selectors_sql
 from controlplane.slo.spec import GAUGE_FIELDS, SLO
 from controlplane.store.base import Store, check_identifier
 from controlplane.store.rollups import floor_minute, round_up_2sig
@@ -230,12 +230,12 @@ def occurrences_many(
     minutes at both edges. One query reads the edges of every SLO (``EDGE_TABLE``)."""
     cache = HourCache() if cache is None else cache
     tm = until.replace(minute=0, second=0, microsecond=0)
-    scope = Scope.of(_selector(slo) for slo, _ in items)
     params: dict[str, Any] = {"until": until}
-    where = f"minute < {{until:DateTime('UTC')}} AND {scope.sql(params)}"
+    sels = selectors_sql((_selector(slo) for slo, _ in items), params)
+    where = f"minute < {{until:DateTime('UTC')}} AND {sels}"
     edges = _Batches(EDGE_TABLE, where, params)
     plans = []
-    by_table: dict[str, tuple[list[Series], list[ColKey], list[datetime]]] = {}
+    by_table: dict[str, tuple[dict[ColKey, frozenset[Series]], list[datetime]]] = {}
     for slo, sinces in items:
         starts_h = [_ceil_hour(s) for s in sinces]
         keys = {(s, h) for s, h in zip(sinces, starts_h, strict=True)}
@@ -249,14 +249,14 @@ def occurrences_many(
                 bits.append(edge.window((s, h), {"s": s}, "minute >= {s}", "minute >= {s}"))
         hour_table = tables(slo)[1]
         plans.append((slo, hour_table, starts_h, eb, edge.add(slo, bits)))
-        sels, cols, starts = by_table.setdefault(hour_table, ([], [], [tm]))
-        sels.append(_selector(slo))
-        cols += _row_cols(slo)
+        uses, starts = by_table.setdefault(hour_table, ({}, [tm]))
+        for col in _row_cols(slo):
+            uses[col] = uses.get(col, frozenset()) | {_selector(slo)}
         starts += starts_h
     edge_rows = edges.run(store)
     hours = {}
-    for name, (sels, cols, starts) in by_table.items():
-        hours[name] = cache.table(name, Scope.of(sels), cols)
+    for name, (uses, starts) in by_table.items():
+        hours[name] = cache.table(name, uses)
         hours[name].refresh(store, min(starts), tm, cache)
     out = []
     for slo, hour_table, starts_h, eb, ej in plans:
