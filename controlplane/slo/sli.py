@@ -254,10 +254,7 @@ def occurrences_many(
             uses[col] = uses.get(col, frozenset()) | {_selector(slo)}
         starts += starts_h
     edge_rows = edges.run(store)
-    hours = {}
-    for name, (uses, starts) in by_table.items():
-        hours[name] = cache.table(name, uses)
-        hours[name].refresh(store, min(starts), tm, cache)
+    hours = cache.refresh(store, tm, {t: (uses, min(s)) for t, (uses, s) in by_table.items()})
     out = []
     for slo, hour_table, starts_h, eb, ej in plans:
         sel, (good, total) = _selector(slo), _row_cols(slo)

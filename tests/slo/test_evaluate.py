@@ -268,14 +268,14 @@ def test_the_sli_path_reads_rollups_never_raw_requests(store: ChdbStore, now) ->
     )
     ev = Evaluator(spy, slos, clock=ManualClock(now))  # type: ignore[arg-type]
     ev.run_once()
-    # first cycle: the whole hours (one query per histogram read, as 30 days of hours are
-    # read), one edge-minute query shared by the three occurrences SLOs, one for the
-    # time-slice SLO
+    # first cycle: the hours' check, 30 days of hours read with one query per histogram
+    # (e2e, tps) and one for plain counts, one edge-minute query shared by the three
+    # occurrences SLOs, one for the time-slice SLO
     first = len(spy.sql)
-    assert first <= 2 + 3
+    assert first == 1 + 3 + 1 + 1
     ev.run_once()
-    # then the hours are held: a check of their request counts replaces their read, so
-    # three queries per cycle, whatever the number of SLOs and windows
+    # then the hours are held: only the check, so three queries per cycle, whatever the
+    # number of SLOs and windows
     assert len(spy.sql) == first + 3
     for sql in spy.sql:
         assert not re.search(r"\bFROM\s+requests\b(?!_)", sql), sql
