@@ -355,7 +355,7 @@ class RollupCache:
         self, store: Store, sel: Selector, cols: Sequence[str], since: datetime, until: datetime
     ) -> list[Vector]:
         """Each column's dense vector summed over ``[since, until)`` (minute-aligned)."""
-        since, until = floor_minute(since), floor_minute(until)
+        since, until = (floor_minute(_utc(t)) for t in (since, until))
         self.stats.reads += 1
         for attempt in range(2):
             got = self._try(store, sel, cols, since, until, use_held=attempt == 0)
@@ -537,6 +537,11 @@ class RollupCache:
                     self.stats.invalidations += len(drop)
                 stale[(db, table)] = span
         return stale
+
+
+def _utc(t: datetime) -> datetime:
+    """Naive datetimes are UTC, as the drivers bind them."""
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
 def _from_ts(ts: int) -> datetime:

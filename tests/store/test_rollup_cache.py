@@ -127,3 +127,12 @@ def test_both_drivers_read_the_same_through_the_cache(any_store: Store) -> None:
     )
     assert _all_reads(any_store, sel, t0, t1, cache) == _all_reads(any_store, sel, t0, t1, None)
     assert cache.stats.invalidations > 0
+
+
+def test_naive_datetimes_are_utc_as_in_uncached_reads(store: Store) -> None:
+    end = datetime.now(UTC).replace(second=0, microsecond=0)
+    store.insert_rows("requests", COLS, _rows(end - timedelta(hours=2), 120, 300, 9))
+    t0, t1 = end - timedelta(minutes=100), end
+    naive = (t0.replace(tzinfo=None), t1.replace(tzinfo=None))
+    want = availability_good_total(store, Selector(), t0, t1)
+    assert availability_good_total(store, Selector(), *naive, RollupCache()) == want
