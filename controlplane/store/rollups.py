@@ -420,19 +420,21 @@ class RollupCache:
                     self._minutes.move_to_end(minute_key)
                     self.stats.minute_hits += 1
                     minute_vec = [m[since.minute] for m in mheld[2]]
-            if minute_vec is None:
-                params |= {"m0": m_hour, "m1": m_hour + _HOUR}
-                branches.append(
-                    f"SELECT 2 AS kind, toUInt32(minute) AS b, {agg} FROM {t_m} WHERE {where} "
-                    "AND minute >= {m0:DateTime('UTC')} AND minute < {m1:DateTime('UTC')} "
-                    "GROUP BY minute"
-                )
-        # the minutes since the last whole hour (or the whole window inside one hour)
+        # the minutes since the last whole hour (or the whole window inside one hour), and
+        # the start hour's minutes when not held: one read of the minute table for both
         params["t0"] = max(since, h_end)
-        branches.append(
-            f"SELECT 3 AS kind, toUInt32(0) AS b, {agg} FROM {t_m} WHERE {where} "
-            "AND minute >= {t0:DateTime('UTC')} AND minute < {until:DateTime('UTC')}"
-        )
+        open_ = "minute >= {t0:DateTime('UTC')} AND minute < {until:DateTime('UTC')}"
+        if edge and minute_vec is None:
+            params |= {"m0": m_hour, "m1": m_hour + _HOUR}
+            branches.append(
+                f"SELECT if({open_}, 3, 2) AS kind, if(kind = 3, 0, toUInt32(minute)) AS b, "
+                f"{agg} FROM {t_m} WHERE {where} AND (({open_}) OR (minute >= "
+                "{m0:DateTime('UTC')} AND minute < {m1:DateTime('UTC')})) GROUP BY kind, b"
+            )
+        else:
+            branches.append(
+                f"SELECT 3 AS kind, toUInt32(0) AS b, {agg} FROM {t_m} WHERE {where} AND {open_}"
+            )
         # late rows into held buckets: parts newer than the check before the last one
         with self._lock:
             marks = {t: self._marks.get((db, t), (-1, -1)) for t in (t_h, t_m)}
