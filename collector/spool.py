@@ -5,7 +5,10 @@
     000000000001.seg  000000000002.seg  ...   (oldest first)
 
 Each record is ``magic | payload length | row count | crc32`` (little endian) followed by
-the payload (zlib-compressed JSON: table, columns, dedup token, rows). Every append is
+the payload: zlib-compressed JSON (table, columns, dedup token, rows) for row batches, or
+an Arrow IPC stream (zstd-compressed buffers; table, token and attempted flag in the
+schema metadata) for Arrow batches. An IPC stream starts with 0xFFFFFFFF, which a zlib
+stream never does, so old spools stay readable. Every append is
 fsync'd before it counts as spooled, and a new segment's directory entry is fsync'd too,
 so a crash loses at most the record being written. On open, every segment is scanned: a
 torn or corrupt record (short header or payload, wrong magic, crc mismatch) ends that
@@ -35,6 +38,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import pyarrow as pa
+
 from collector.errors import SpoolError
 
 log = logging.getLogger(__name__)
@@ -55,6 +60,20 @@ class Batch:
     # Sent to the target at least once: it may be in the store already, so it is only
     # ever replayed alone, under its own token.
     attempted: bool = False
+    # Set for Arrow batches (``rows`` is then empty): the rows as one typed table.
+    arrow: pa.Table | None = None
+
+    @property
+    def size(self) -> int:
+        """Number of rows, whichever form they are in."""
+        return self.arrow.num_rows if self.arrow is not None else len(self.rows)
+
+    def slice(self, start: int, stop: int, token: str) -> Batch:
+        """Rows ``start:stop`` as a batch of their own under ``token``."""
+        if self.arrow is not None:
+            part = self.arrow.slice(start, stop - start)
+            return Batch(self.table, self.columns, [], token, arrow=part)
+        return Batch(self.table, self.columns, self.rows[start:stop], token)
 
 
 # Called with (batches, rows) each time the spool drops data to stay within bounds.
@@ -107,8 +126,40 @@ def _dec(value: Any) -> Any:
     return value
 
 
+_IPC_START = b"\xff\xff\xff\xff"
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd" if pa.Codec.is_available("zstd") else None)
+
+
+def _encode_arrow(batch: Batch) -> bytes:
+    assert batch.arrow is not None
+    meta = {b"governor.table": batch.table.encode(), b"governor.token": batch.token.encode(),
+            b"governor.attempted": b"1" if batch.attempted else b"0"}  # fmt: skip
+    table = batch.arrow.replace_schema_metadata(meta)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as w:
+        w.write_table(table)
+    payload: bytes = sink.getvalue().to_pybytes()
+    return payload
+
+
+def _decode_arrow(payload: bytes) -> Batch:
+    table = pa.ipc.open_stream(payload).read_all()
+    meta = table.schema.metadata or {}
+    table = table.replace_schema_metadata(None)
+    return Batch(
+        meta[b"governor.table"].decode(), tuple(table.column_names), [],
+        meta[b"governor.token"].decode(), meta.get(b"governor.attempted") == b"1", arrow=table,
+    )  # fmt: skip
+
+
 def encode(batch: Batch) -> bytes:
     """One framed record: header then compressed payload."""
+    if batch.arrow is not None:
+        try:
+            payload = _encode_arrow(batch)
+        except (pa.ArrowException, ValueError) as exc:
+            raise SpoolError(f"cannot spool Arrow batch for {batch.table!r}: {exc}") from exc
+        return _frame(payload, batch.size)
     body = {
         "t": batch.table,
         "c": list(batch.columns),
@@ -120,13 +171,20 @@ def encode(batch: Batch) -> bytes:
         text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise SpoolError(f"cannot spool batch for {batch.table!r}: {exc}") from exc
-    payload = zlib.compress(text.encode(), 1)
-    rows = len(batch.rows)
+    return _frame(zlib.compress(text.encode(), 1), batch.size)
+
+
+def _frame(payload: bytes, rows: int) -> bytes:
     crc = zlib.crc32(payload, zlib.crc32(struct.pack("<I", rows)))
     return _HEADER.pack(_MAGIC, len(payload), rows, crc) + payload
 
 
 def decode(payload: bytes) -> Batch:
+    if payload[:4] == _IPC_START:
+        try:
+            return _decode_arrow(payload)
+        except (pa.ArrowException, KeyError, ValueError) as exc:
+            raise SpoolError(f"undecodable spool record: {exc}") from exc
     try:
         body = json.loads(zlib.decompress(payload))
         rows = [tuple(_dec(v) for v in row) for row in body["r"]]
@@ -141,6 +199,10 @@ def merge(group: list[Batch]) -> Batch:
     if len(group) == 1:
         return group[0]
     digest = hashlib.sha256("\n".join(b.token for b in group).encode()).hexdigest()[:32]
+    if group[0].arrow is not None:
+        tables = [b.arrow for b in group if b.arrow is not None]
+        return Batch(group[0].table, group[0].columns, [], f"m{digest}",
+                     arrow=pa.concat_tables(tables))  # fmt: skip
     rows = [r for b in group for r in b.rows]
     return Batch(group[0].table, group[0].columns, rows, f"m{digest}")
 
@@ -151,7 +213,9 @@ def _joins(group: list[Batch], rows: int, b: Batch, max_rows: int) -> bool:
     head = group[0]
     return (
         not head.attempted and not b.attempted and b.table == head.table
-        and b.columns == head.columns and rows + len(b.rows) <= max_rows
+        and b.columns == head.columns and rows + b.size <= max_rows
+        and (b.arrow is None) == (head.arrow is None)
+        and (b.arrow is None or head.arrow is None or b.arrow.schema.equals(head.arrow.schema))
     )  # fmt: skip
 
 
@@ -276,9 +340,9 @@ class DiskSpool:
         if len(record) > self.max_bytes:
             log.error(
                 "spool: dropping a batch of %d rows for %s: %d bytes exceed spool_max_bytes %d",
-                len(batch.rows), batch.table, len(record), self.max_bytes,
+                batch.size, batch.table, len(record), self.max_bytes,
             )  # fmt: skip
-            self._on_drop(1, len(batch.rows))
+            self._on_drop(1, batch.size)
             return
         self._make_room(len(record))
         seg = self._active()
@@ -288,7 +352,7 @@ class DiskSpool:
             os.fsync(seg.file.fileno())
         except OSError as exc:
             raise SpoolError(f"cannot write spool segment {seg.path}: {exc}") from exc
-        seg.records.append((seg.size + _HEADER.size, len(record) - _HEADER.size, len(batch.rows)))
+        seg.records.append((seg.size + _HEADER.size, len(record) - _HEADER.size, batch.size))
         seg.size += len(record)
         self._bytes += len(record)
         self._batches += 1
@@ -314,7 +378,7 @@ class DiskSpool:
                         if not _joins(group, rows, b, max_rows):
                             break
                         group.append(b)
-                        rows += len(b.rows)
+                        rows += b.size
                         if not max_rows:
                             break
             except (OSError, SpoolError) as exc:
@@ -413,9 +477,9 @@ class MemorySpool:
         while self._items and self._bytes + size > self.max_bytes:
             old, old_size = self._items.popleft()
             self._bytes -= old_size
-            dropped_b, dropped_r = dropped_b + 1, dropped_r + len(old.rows)
+            dropped_b, dropped_r = dropped_b + 1, dropped_r + old.size
         if size > self.max_bytes:
-            dropped_b, dropped_r = dropped_b + 1, dropped_r + len(batch.rows)
+            dropped_b, dropped_r = dropped_b + 1, dropped_r + batch.size
         else:
             self._items.append((batch, size))
             self._bytes += size
@@ -433,7 +497,7 @@ class MemorySpool:
             if not _joins(group, rows, b, max_rows):
                 break
             group.append(b)
-            rows += len(b.rows)
+            rows += b.size
             if not max_rows:
                 break
         self._peeked = len(group)

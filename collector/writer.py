@@ -5,6 +5,8 @@ one worker thread, which does all I/O::
 
     emit -> queue -> batches (by size or age; one per table, dedup token fixed here)
                         -> target.insert_rows(table, columns, rows, dedup_token=token)
+    emit_arrow -> the same queue, counted in rows; Arrow chunks of one table are
+                  concatenated into a batch -> target.insert_arrow(table, data, ...)
                         -> on a retryable error: spool (disk), back off, replay in order
 
 While the spool holds anything, new batches join its tail, so delivery order is the
@@ -32,6 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+import pyarrow as pa
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from collector.errors import SpoolError, WriterError
@@ -56,6 +59,18 @@ class RowTarget(Protocol):
         *,
         dedup_token: str | None = None,
     ) -> None: ...
+
+    def insert_arrow(
+        self, table: str, data: pa.Table, *, dedup_token: str | None = None
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """Rows emitted as Arrow (``Writer.emit_arrow``), waiting in the queue."""
+
+    table: str
+    data: pa.Table
 
 
 class _MonotonicClock(Protocol):
@@ -161,7 +176,8 @@ class Writer:
         self._spool: Spool | None = None
 
         self._lock = threading.Lock()  # guards the queue and the counters below it
-        self._queue: deque[Any] = deque()
+        self._queue: deque[Any] = deque()  # records and _Chunks
+        self._rows = 0  # rows in the queue (a _Chunk holds many)
         self._oldest_at: float | None = None  # clock time the oldest queued record arrived
         self._wake = threading.Event()
         self._idle = threading.Condition(self._lock)
@@ -177,7 +193,7 @@ class Writer:
         self._thread: threading.Thread | None = None
         self._drops_logged: dict[str, int] = {}
         self._drops_logged_at = float("-inf")
-        self._m.queued.set_function(lambda: len(self._queue))
+        self._m.queued.set_function(lambda: self._rows)
 
     # -- Sink -----------------------------------------------------------------------
     def emit(self, records: Sequence[Any]) -> None:
@@ -190,19 +206,45 @@ class Writer:
                 self._count_drop("stopped", n)
                 return
             with self._lock:
-                room = self._queue_max - len(self._queue)
+                room = self._queue_max - self._rows
                 take = records if room >= n else records[: max(room, 0)]
                 if take:
                     if not self._queue:
                         self._oldest_at = self._clock.monotonic()
                     self._queue.extend(take)
-                full = len(self._queue) >= self._batch_size
+                    self._rows += len(take)
+                full = self._rows >= self._batch_size
             if len(take) < n:
                 self._count_drop("queue_full", n - len(take))
             if full:
                 self._wake.set()
         except Exception:  # the caller's thread must never see our failure
             log.exception("writer.emit failed")
+
+    def emit_arrow(self, table: str, data: pa.Table) -> None:
+        """Enqueue rows for ``table`` already typed as Arrow; same bounds as ``emit``."""
+        try:
+            n = data.num_rows
+            if n == 0:
+                return
+            if self._stopping.is_set():
+                self._count_drop("stopped", n)
+                return
+            with self._lock:
+                room = max(self._queue_max - self._rows, 0)
+                take = data if room >= n else data.slice(0, room)
+                if take.num_rows:
+                    if not self._queue:
+                        self._oldest_at = self._clock.monotonic()
+                    self._queue.append(_Chunk(table, take))
+                    self._rows += take.num_rows
+                full = self._rows >= self._batch_size
+            if take.num_rows < n:
+                self._count_drop("queue_full", n - take.num_rows)
+            if full:
+                self._wake.set()
+        except Exception:  # the caller's thread must never see our failure
+            log.exception("writer.emit_arrow failed")
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
@@ -249,7 +291,7 @@ class Writer:
         spool = self._spool
         with self._lock:
             return WriterStats(
-                queued=len(self._queue),
+                queued=self._rows,
                 pending_batches=len(self._pending),
                 spool_batches=spool.batches if spool else 0,
                 spool_bytes=spool.bytes if spool else 0,
@@ -315,7 +357,7 @@ class Writer:
     def _form_batches(self, *, force: bool) -> None:
         while True:
             with self._lock:
-                n = len(self._queue)
+                n = self._rows
                 if n == 0:
                     return
                 due = self._oldest_at is not None and (
@@ -323,8 +365,7 @@ class Writer:
                 )
                 if n < self._batch_size and not (force or due):
                     return
-                take = min(n, self._batch_size)
-                records = [self._queue.popleft() for _ in range(take)]
+                records = self._take(min(n, self._batch_size))
                 self._oldest_at = self._clock.monotonic() if self._queue else None
                 self._busy = True
             for batch in self._group(records):
@@ -333,15 +374,52 @@ class Writer:
                 else:
                     self._pending.append(batch)
 
+    def _take(self, want: int) -> list[Any]:
+        """Pop ``want`` rows off the queue (caller holds the lock); splits a chunk if needed."""
+        out: list[Any] = []
+        while want > 0 and self._queue:
+            item = self._queue[0]
+            if isinstance(item, _Chunk):
+                if item.data.num_rows > want:
+                    out.append(_Chunk(item.table, item.data.slice(0, want)))
+                    self._queue[0] = _Chunk(item.table, item.data.slice(want))
+                    self._rows -= want
+                    return out
+                self._queue.popleft()
+                out.append(item)
+                want -= item.data.num_rows
+                self._rows -= item.data.num_rows
+            else:
+                out.append(self._queue.popleft())
+                want -= 1
+                self._rows -= 1
+        return out
+
     def _group(self, records: list[Any]) -> list[Batch]:
         by_type: dict[type[Any], list[tuple[Any, ...]]] = {}
+        chunks: dict[str, list[pa.Table]] = {}
+        out = []
         for rec in records:
+            if isinstance(rec, _Chunk):
+                chunks.setdefault(rec.table, []).append(rec.data)
+                continue
             try:
                 by_type.setdefault(type(rec), []).append(as_row(rec))
             except TypeError:
                 log.error("writer: dropping a %s: not a record dataclass", type(rec).__name__)
                 self._count_drop("rejected", 1)
-        out = []
+        for table_name, tables in chunks.items():
+            try:
+                data = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+            except pa.ArrowInvalid as exc:  # different schemas: keep them apart
+                log.warning("writer: %s chunks with different schemas (%s)", table_name, exc)
+                for t in tables:
+                    out.append(Batch(table_name, tuple(t.column_names), [], uuid.uuid4().hex,
+                                     arrow=t))  # fmt: skip
+                continue
+            out.append(
+                Batch(table_name, tuple(data.column_names), [], uuid.uuid4().hex, arrow=data)
+            )
         for typ, rows in by_type.items():
             table = getattr(typ, "TABLE", None)
             if not isinstance(table, str):
@@ -406,30 +484,32 @@ class Writer:
     def _insert_isolating(self, batch: Batch, budget: list[int]) -> None:
         start = time.perf_counter()
         try:
-            self._target.insert_rows(
-                batch.table, batch.columns, batch.rows, dedup_token=batch.token
-            )
+            if batch.arrow is not None:
+                self._target.insert_arrow(batch.table, batch.arrow, dedup_token=batch.token)
+            else:
+                self._target.insert_rows(
+                    batch.table, batch.columns, batch.rows, dedup_token=batch.token
+                )
         except Exception as exc:
             if self._is_retryable(exc):
                 raise _Retry(exc) from exc
             self._m.errors.labels("rejected").inc()
             budget[0] -= 1
-            if len(batch.rows) == 1 or budget[0] <= 0:
+            if batch.size == 1 or budget[0] <= 0:
                 log.error(
                     "writer: %s rejected %d rows (dead-lettered): %s",
-                    batch.table, len(batch.rows), exc,
+                    batch.table, batch.size, exc,
                 )  # fmt: skip
-                self._count_drop("rejected", len(batch.rows))
+                self._count_drop("rejected", batch.size)
                 return
-            mid = len(batch.rows) // 2
-            for i, part in enumerate((batch.rows[:mid], batch.rows[mid:])):
-                sub = Batch(batch.table, batch.columns, part, f"{batch.token}.{i}")
-                self._insert_isolating(sub, budget)
+            mid = batch.size // 2
+            for i, (a, b) in enumerate(((0, mid), (mid, batch.size))):
+                self._insert_isolating(batch.slice(a, b, f"{batch.token}.{i}"), budget)
             return
         self._m.latency.labels(batch.table).observe(time.perf_counter() - start)
-        self._m.inserted.labels(batch.table).inc(len(batch.rows))
+        self._m.inserted.labels(batch.table).inc(batch.size)
         with self._lock:
-            self._inserted_rows += len(batch.rows)
+            self._inserted_rows += batch.size
 
     def _drain_on_stop(self) -> None:
         self._form_batches(force=True)
@@ -463,23 +543,21 @@ class Writer:
             # and is retried later.
             log.error("writer: %s; keeping the batch in memory", exc)
             self._pending.append(batch)
-            while len(self._pending) > 1 and (
-                sum(len(b.rows) for b in self._pending) > self._queue_max
-            ):
-                self._count_drop("spool_error", len(self._pending.popleft().rows))
+            while len(self._pending) > 1 and (sum(b.size for b in self._pending) > self._queue_max):
+                self._count_drop("spool_error", self._pending.popleft().size)
         self._sync_spool_gauges()
 
     def _spool_pending(self) -> None:
         while self._pending:
             batch = self._pending.popleft()
             if self._spool is None:
-                self._count_drop("stopped", len(batch.rows))
+                self._count_drop("stopped", batch.size)
                 continue
             try:
                 self._spool.append(batch)
             except SpoolError as exc:
-                log.error("writer: %s; %d rows lost", exc, len(batch.rows))
-                self._count_drop("spool_error", len(batch.rows))
+                log.error("writer: %s; %d rows lost", exc, batch.size)
+                self._count_drop("spool_error", batch.size)
         self._sync_spool_gauges()
 
     def _on_spool_drop(self, batches: int, rows: int) -> None:

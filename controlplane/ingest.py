@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter
 from collector.errors import SpanMappingError
 from collector.exemplars import TraceIdPolicy
 from collector.genai import AttributeMapping, Pricer, map_span, wanted_keys
-from collector.otlp import decode
+from collector.otlp import PROTOBUF, decode, decode_protobuf, decompress, media_type
 from collector.records import Sink
 from controlplane.config import GovernorConfig
 from controlplane.errors import ConfigError, GovernorError, Problem, QueryError
@@ -91,6 +91,7 @@ class OtlpIngest:
         self.max_body_bytes = max_body_bytes
         self._token = token.encode() if token else None
         reg = registry or CollectorRegistry()
+        self._columnar = self._columnar_mapper(sink)
         self._spans = Counter(
             "governor_otlp_spans",
             "Spans received over OTLP/HTTP, by outcome",
@@ -103,6 +104,31 @@ class OtlpIngest:
             ["result"],
             registry=reg,
         )
+
+    def _columnar_mapper(self, sink: Sink) -> Any:
+        """The fast path for protobuf bodies, when the sink takes Arrow and C is built."""
+        if not callable(getattr(sink, "emit_arrow", None)):
+            return None
+        from collector import columnar
+
+        if not columnar.AVAILABLE:
+            global _WARNED_NO_EXTENSION
+            if not _WARNED_NO_EXTENSION:
+                _WARNED_NO_EXTENSION = True
+                log.warning(
+                    "OTLP ingest: the columnar decoder (collector._otlpcols) is not built; "
+                    "protobuf bodies take the slower per-span path. Reinstall with a C "
+                    "compiler and Python headers (pip install -e .) to build it."
+                )
+            return None
+        return columnar.ColumnarMapper(
+            self._mapping, self._pricer, self._trace_ids, max_quoted=_MAX_QUOTED
+        )
+
+    @property
+    def columnar(self) -> bool:
+        """True when protobuf bodies take the columnar path."""
+        return self._columnar is not None
 
     @property
     def requires_token(self) -> bool:
@@ -129,13 +155,20 @@ class OtlpIngest:
         """
         if self._room is not None and self._room() <= 0:
             raise IngestOverloaded("the store writer's queue is full; retry later")
-        batch = decode(
-            body,
-            content_type,
-            content_encoding,
-            max_bytes=self.max_body_bytes,
-            wanted=self._wanted,
-        )
+        if self._columnar is not None and media_type(content_type) == PROTOBUF:
+            raw = decompress(body, content_encoding, self.max_body_bytes)
+            fast = self._columnar.map(raw)
+            if fast is not None:
+                return self._emit_table(fast)
+            batch = decode_protobuf(raw, self._wanted)  # the reference path, whole body
+        else:
+            batch = decode(
+                body,
+                content_type,
+                content_encoding,
+                max_bytes=self.max_body_bytes,
+                wanted=self._wanted,
+            )
         records = []
         problems: list[str] = []
         rejected = 0
@@ -163,8 +196,25 @@ class OtlpIngest:
                         f"the store writer's queue has no room for {len(records)} rows; retry later"
                     )
                 self._sink.emit(records)
-        ignored = batch.total - len(records) - rejected
-        self._spans.labels("mapped").inc(len(records))
+        return self._result(batch.total, len(records), rejected, problems)
+
+    def _emit_table(self, fast: Any) -> IngestResult:
+        table = fast.table
+        rows = table.num_rows
+        if rows:
+            with self._emit_lock:
+                if self._room is not None and self._room() < rows:
+                    raise IngestOverloaded(
+                        f"the store writer's queue has no room for {rows} rows; retry later"
+                    )
+                self._sink.emit_arrow(fast_table_name(), table)  # type: ignore[attr-defined]
+        return self._result(fast.total, fast.accepted, fast.rejected, fast.problems)
+
+    def _result(
+        self, total: int, accepted: int, rejected: int, problems: list[str]
+    ) -> IngestResult:
+        ignored = total - accepted - rejected
+        self._spans.labels("mapped").inc(accepted)
         self._spans.labels("rejected").inc(rejected)
         self._spans.labels("ignored").inc(ignored)
         message = ""
@@ -173,7 +223,16 @@ class OtlpIngest:
             if rejected > len(problems):
                 message += f"; and {rejected - len(problems)} more"
             log.warning("OTLP ingest: %s", message)
-        return IngestResult(batch.total, len(records), rejected, message)
+        return IngestResult(total, accepted, rejected, message)
+
+
+def fast_table_name() -> str:
+    from collector.columnar import TABLE
+
+    return TABLE
+
+
+_WARNED_NO_EXTENSION = False
 
 
 def _is_retryable(exc: BaseException) -> bool:

@@ -162,6 +162,8 @@ VLLM_SPAN = {
 
 def test_the_real_otlp_http_exporter_lands_rows_with_the_right_values(shared):
     s = shared
+    # Protobuf exports take the columnar path (C decoder, Arrow rows) in serve.
+    assert s.ctx.services[SERVICE].columnar
     results = export_with_sdk(
         s.url, [VLLM_SPAN, {"name": "GET /health", "attributes": {}}], service="plain"
     )
