@@ -325,16 +325,19 @@ class RollupCache:
     ``H`` and a look at ``system.parts`` go to the store as one statement.
 
     Late rows: every insert into a rollup makes a new part with a new, higher block
-    number. A part numbered above what the previous check saw (one check back, so a part
-    created while a read ran is not missed) whose time range overlaps held buckets
-    drops them, and they are read again, in a second statement of the same call. Merges
-    can drop held buckets needlessly (a merged part keeps its sources' oldest time),
-    never keep stale ones. One cache serves one store (keys include the database);
-    non-replicated tables only (replicated tables number blocks per partition).
+    number. A part numbered above what the check before the last one saw (a part made
+    while a read ran is newer than the check of the call before) whose time range
+    overlaps held buckets drops them, and they are read again, in a second statement of
+    the same call. So the first call through a cache only learns where the blocks are;
+    buckets are held from the second call on. Merges can drop held buckets needlessly (a
+    merged part keeps its sources' oldest time), never keep stale ones. Calls are
+    serialized. One cache serves one store (keys include the database); non-replicated
+    tables only (replicated tables number blocks per partition).
     """
 
     def __init__(self, max_hour_entries: int = 4096, max_minute_entries: int = 128) -> None:
         self._lock = threading.Lock()
+        self._calls = threading.Lock()
         # An hour entry is one vector per column (6.5 kB); a minute entry 61 (400 kB).
         self._max = {"h": max_hour_entries, "m": max_minute_entries}
         self._hours: OrderedDict[tuple[Any, ...], tuple[datetime, datetime, Vector]] = OrderedDict()
@@ -356,11 +359,14 @@ class RollupCache:
     ) -> list[Vector]:
         """Each column's dense vector summed over ``[since, until)`` (minute-aligned)."""
         since, until = (floor_minute(_utc(t)) for t in (since, until))
-        self.stats.reads += 1
-        for attempt in range(2):
-            got = self._try(store, sel, cols, since, until, use_held=attempt == 0)
-            if got is not None:
-                return got
+        # One call at a time: the late-row marks assume calls do not overlap (the embedded
+        # driver serializes queries anyway).
+        with self._calls:
+            self.stats.reads += 1
+            for attempt in range(2):
+                got = self._try(store, sel, cols, since, until, use_held=attempt == 0)
+                if got is not None:
+                    return got
         raise AssertionError("unreachable: the second attempt reads everything")
 
     # -- internals ---------------------------------------------------------------------------
@@ -479,10 +485,13 @@ class RollupCache:
         if used_stale:
             return None  # a held piece this read used has changed: read everything again
 
+        # Hold what was read only if a watermark from an earlier call exists: the next
+        # check then looks at every part made since before this read's snapshot.
         with self._lock:
             if fresh_hours is not None:
                 hours_vec = fresh_hours
-                self._put(self._hours, "h", hours_key, (h0, h_end, np.stack(fresh_hours)))
+                if marks[t_h][1] >= 0:
+                    self._put(self._hours, "h", hours_key, (h0, h_end, np.stack(fresh_hours)))
             if edge and minute_vec is None:
                 per_min = np.zeros((n, 61, N_SLOTS), dtype=np.int64)
                 base = int((m_hour - _EPOCH).total_seconds())
@@ -490,7 +499,8 @@ class RollupCache:
                     for i in range(n):
                         per_min[i, (b - base) // 60] += vecs[i]
                 suffix_sums = np.flip(np.cumsum(np.flip(per_min, axis=1), axis=1), axis=1)
-                self._put(self._minutes, "m", minute_key, (m_hour, m_hour + _HOUR, suffix_sums))
+                if marks[t_m][1] >= 0:
+                    self._put(self._minutes, "m", minute_key, (m_hour, m_hour + _HOUR, suffix_sums))
                 minute_vec = [suffix_sums[i, since.minute] for i in range(n)]
         out = []
         for i in range(n):
@@ -528,7 +538,7 @@ class RollupCache:
                 # Next time, look at parts newer than this check's predecessor.
                 self._marks[(db, table)] = (last if last >= 0 else new_max, new_max)
                 if prev < 0 or hi == 0:
-                    continue  # first look at this table, or no new parts since
+                    continue  # first look at this table (nothing held), or no new parts
                 span = (_from_ts(lo), _from_ts(hi) + timedelta(seconds=1))
                 held = self._hours if table.startswith("requests_1h") else self._minutes
                 drop = [k for k, (a, b, _) in held.items()

@@ -72,8 +72,10 @@ def test_late_rows_into_held_hours_and_minutes_are_read_again(store: Store) -> N
     cache = RollupCache()
     sel = Selector(pool="a")
     t0, t1 = end - timedelta(minutes=295), end - timedelta(minutes=2)
-    first = latency_good_total(store, sel, "ttft", 0.25, t0, t1, cache)
-    latency_good_total(store, sel, "ttft", 0.25, t0, t1, cache)  # held now
+    latency_good_total(store, sel, "ttft", 0.25, t0, t1, cache)  # learns the block watermark
+    first = latency_good_total(store, sel, "ttft", 0.25, t0, t1, cache)  # holds the buckets
+    assert latency_good_total(store, sel, "ttft", 0.25, t0, t1, cache) == first
+    assert cache.stats.hour_hits == 1 and cache.stats.minute_hits == 1
     # a spool replay: rows into a whole hour and into the held edge minutes
     late = [
         (t0 + timedelta(minutes=90), "a", "m", "t1", "ok", 1000, 50.0),
@@ -94,7 +96,9 @@ def test_rows_in_the_open_minutes_count_without_dropping_held_buckets(store: Sto
     cache = RollupCache()
     sel = Selector(pool="a")
     t0, t1 = end - timedelta(minutes=170), end + timedelta(minutes=1)
-    first = availability_good_total(store, sel, t0, t1, cache)
+    availability_good_total(store, sel, t0, t1, cache)  # learns the block watermark
+    first = availability_good_total(store, sel, t0, t1, cache)  # holds the closed buckets
+    assert cache.stats.hour_hits == 0
     store.insert_rows("requests", COLS, [(end, "a", "m", "t1", "ok", 1000, 50.0)])
     got = availability_good_total(store, sel, t0, t1, cache)
     assert (got.good, got.total) == (first.good + 1, first.total + 1)
