@@ -46,10 +46,13 @@ _SPLIT_HOURS = 24  # reads of more hours run one query per histogram column
 _HIST = re.compile(r"\b\w+_hist\b")
 
 
-def bind_cols(cols: Sequence[ColKey], params: dict[str, Any]) -> list[str]:
-    """SQL of each column, binding its parameter under a name of its own (``thr3``)."""
+def bind_cols(
+    cols: Sequence[ColKey], params: dict[str, Any], ids: Sequence[int] | None = None
+) -> list[str]:
+    """SQL of each column, binding its parameter under a name of its own (``thr3``: the
+    column's position, or its number in ``ids``)."""
     out = []
-    for n, (expr, pname, value) in enumerate(cols):
+    for n, (expr, pname, value) in zip(ids or range(len(cols)), cols, strict=True):
         if pname:
             params[f"{pname}{n}"] = value
             expr = expr.replace("{" + pname + ":", "{" + f"{pname}{n}" + ":")
@@ -146,8 +149,8 @@ class HourTable:
         else:
             parts = [list(range(len(self.cols)))]
         self.vals[:, idxs] = 0
-        for cols in parts:
-            self._read_cols(store, idxs, cols, cache)
+        self._read(store, idxs, parts)
+        cache.queries += 1
         cache.hours_read += len(idxs)
         # The counts were taken before the read: rows landing in between are in the
         # values, not in the count, so the next check reads that hour again.
@@ -155,49 +158,62 @@ class HourTable:
         self.read[idxs] = True
         self._prefix.clear()
 
-    def _read_cols(self, store: Store, idxs: list[int], cols: list[int], cache: HourCache) -> None:
-        """Read columns ``cols`` of the hours ``idxs`` for the series that use them."""
+    def _hours_sql(self, idxs: list[int], params: dict[str, Any]) -> str:
         assert self.lo is not None
-        params: dict[str, Any] = {}
         runs: list[list[int]] = []
         for i in idxs:
             if runs and runs[-1][1] == i:
                 runs[-1][1] = i + 1
             else:
                 runs.append([i, i + 1])
+        extra = ""
         if len(runs) > _MAX_RUNS:  # scattered hours: their span, then the exact set
             runs = [[runs[0][0], runs[-1][1]]]
             params["hs"] = [int((self.lo + i * _HOUR).timestamp()) for i in idxs]
             extra = " AND toUnixTimestamp(hour) IN {hs:Array(UInt32)}"
-        else:
-            extra = ""
         conds = []
         for k, (a, b) in enumerate(runs):
             params[f"a{k}"], params[f"b{k}"] = self.lo + a * _HOUR, self.lo + b * _HOUR
             conds.append(f"(hour >= {{a{k}:DateTime('UTC')}} AND hour < {{b{k}:DateTime('UTC')}})")
-        sql_cols = bind_cols([self.cols[i] for i in cols], params)
-        sels = frozenset().union(*(self.uses[self.cols[i]] for i in cols))
-        sums = ", ".join(f"sum({c})" for c in sql_cols)
-        rows = store.query(
-            f"SELECT pool, model, tenant, toUnixTimestamp(hour) AS h, {sums} FROM {self.table}"
-            f" WHERE {selectors_sql(sels, params)} AND ({' OR '.join(conds)}){extra}"
-            " GROUP BY pool, model, tenant, h",
-            params,
-        ).rows
-        cache.queries += 1
-        if not rows:
+        return f"({' OR '.join(conds)}){extra}"
+
+    def _read(self, store: Store, idxs: list[int], parts: list[list[int]]) -> None:
+        """Read the hours ``idxs``: one SELECT per part (a list of columns), each for the
+        series whose SLOs use those columns, in one UNION ALL statement (the engine runs
+        the parts side by side)."""
+        assert self.lo is not None
+        params: dict[str, Any] = {}
+        hours = self._hours_sql(idxs, params)
+        width = max(len(cols) for cols in parts)
+        selects = []
+        for g, cols in enumerate(parts):
+            exprs = bind_cols([self.cols[i] for i in cols], params, cols)
+            sums = [f"toUInt64(sum({e}))" for e in exprs] + ["toUInt64(0)"] * (width - len(cols))
+            sels = frozenset().union(*(self.uses[self.cols[i]] for i in cols))
+            selects.append(
+                f"SELECT {g} AS g, pool, model, tenant, toUnixTimestamp(hour) AS h, "
+                f"{', '.join(sums)} FROM {self.table}"
+                f" WHERE {selectors_sql(sels, params, f's{g}')} AND {hours}"
+                " GROUP BY pool, model, tenant, h"
+            )
+        # A DataFrame: its columns convert to arrays without a Python object per value.
+        df = store.query_df(" UNION ALL ".join(selects), params)
+        if df.empty:
             return
-        for r in rows:  # series seen for the first time get a row of zeros
-            if (key := (r[0], r[1], r[2])) not in self.series:
+        keys = list(zip(*(df[c].tolist() for c in ("pool", "model", "tenant")), strict=True))
+        for key in keys:  # series seen for the first time get a row of zeros
+            if key not in self.series:
                 self.series[key] = len(self.series)
         if len(self.series) > self.vals.shape[0]:
             grow = np.zeros((len(self.series) - self.vals.shape[0], *self.vals.shape[1:]))
             self.vals = np.concatenate([self.vals, grow.astype(np.int64)])
-        base = int(self.lo.timestamp())
-        s = np.array([self.series[(r[0], r[1], r[2])] for r in rows])
-        h = (np.array([r[3] for r in rows], dtype=np.int64) - base) // 3600
-        v = np.array([[x or 0 for x in r[4:]] for r in rows], dtype=np.int64)
-        self.vals[s[:, None], h[:, None], np.array(cols)[None, :]] = v
+        s = np.array([self.series[k] for k in keys])
+        h = (df["h"].to_numpy(dtype=np.int64) - int(self.lo.timestamp())) // 3600
+        v = df.iloc[:, 5:].fillna(0).to_numpy(dtype=np.int64)
+        part = df["g"].to_numpy()
+        for k, cols in enumerate(parts):
+            r = part == k
+            self.vals[s[r, None], h[r, None], np.array(cols)[None, :]] = v[r, : len(cols)]
 
     def window(self, sel: Series, good: ColKey, total: ColKey, h: datetime, tm: datetime) -> Counts:
         """Sums of one selector's good and total columns over the held hours [h, tm)."""

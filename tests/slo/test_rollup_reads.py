@@ -55,6 +55,10 @@ class SpyStore:
         self.tables |= set(_FROM.findall(sql))
         return self.inner.query(sql, params)
 
+    def query_df(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
+        self.tables |= set(_FROM.findall(sql))
+        return self.inner.query_df(sql, params)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
