@@ -430,20 +430,23 @@ class RollupCache:
         # the start hour's minutes when not held: one read of the minute table for both
         params["t0"] = max(since, h_end)
         open_ = "minute >= {t0:DateTime('UTC')} AND minute < {until:DateTime('UTC')}"
+        with self._lock:
+            marks = {t: self._marks.get((db, t), (-1, -1)) for t in (t_h, t_m)}
+        # per minute only when they will be held (see the class: from the second call on)
+        per_minute = marks[t_m][1] >= 0
         if edge and minute_vec is None:
-            params |= {"m0": m_hour, "m1": m_hour + _HOUR}
+            params |= {"m0": m_hour if per_minute else since, "m1": m_hour + _HOUR}
+            b_sql = "if(kind = 3, 0, toUInt32(minute))" if per_minute else "toUInt32(0)"
             branches.append(
-                f"SELECT if({open_}, 3, 2) AS kind, if(kind = 3, 0, toUInt32(minute)) AS b, "
-                f"{agg} FROM {t_m} WHERE {where} AND (({open_}) OR (minute >= "
-                "{m0:DateTime('UTC')} AND minute < {m1:DateTime('UTC')})) GROUP BY kind, b"
+                f"SELECT if({open_}, 3, 2) AS kind, {b_sql} AS b, {agg} FROM {t_m} WHERE {where} "
+                f"AND (({open_}) OR (minute >= {{m0:DateTime('UTC')}} "
+                "AND minute < {m1:DateTime('UTC')})) GROUP BY kind, b"
             )
         else:
             branches.append(
                 f"SELECT 3 AS kind, toUInt32(0) AS b, {agg} FROM {t_m} WHERE {where} AND {open_}"
             )
         # late rows into held buckets: parts newer than the check before the last one
-        with self._lock:
-            marks = {t: self._marks.get((db, t), (-1, -1)) for t in (t_h, t_m)}
         params |= {"th": t_h, "tm": t_m, "wh": marks[t_h][0], "wm": marks[t_m][0]}
         newer = "max_block_number > if(table = {tm:String}, {wm:Int64}, {wh:Int64})"
         marks_cols = [
@@ -492,14 +495,17 @@ class RollupCache:
                 hours_vec = fresh_hours
                 if marks[t_h][1] >= 0:
                     self._put(self._hours, "h", hours_key, (h0, h_end, np.stack(fresh_hours)))
-            if edge and minute_vec is None:
+            if edge and minute_vec is None and not per_minute:
+                zero = np.zeros(N_SLOTS, dtype=np.int64)
+                minute_vec = [sum((v[i] for v in minute_rows.values()), zero) for i in range(n)]
+            elif edge and minute_vec is None:
                 per_min = np.zeros((n, 61, N_SLOTS), dtype=np.int64)
                 base = int((m_hour - _EPOCH).total_seconds())
                 for b, vecs in minute_rows.items():
                     for i in range(n):
                         per_min[i, (b - base) // 60] += vecs[i]
                 suffix_sums = np.flip(np.cumsum(np.flip(per_min, axis=1), axis=1), axis=1)
-                if marks[t_m][1] >= 0:
+                if per_minute:
                     self._put(self._minutes, "m", minute_key, (m_hour, m_hour + _HOUR, suffix_sums))
                 minute_vec = [suffix_sums[i, since.minute] for i in range(n)]
         out = []
