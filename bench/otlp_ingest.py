@@ -5,18 +5,22 @@ OTel SDK and encoded by ``opentelemetry-exporter-otlp-proto-common`` (protobuf, 
 ``OTLPSpanExporter`` posts), ``--batch`` spans per request (the BatchSpanProcessor
 default is 512).
 
-Stages, same payloads, one run (stages 1-5 on one core):
+Stages, same payloads, one run (all but ``http`` on one core):
 
 1. ``parse``: ``ExportTraceServiceRequest.ParseFromString`` only (upb, the floor).
-2. ``decode``: ``collector.otlp.decode`` (parse + attribute dicts for LLM spans, only the
-   keys the mapping reads, as the receiver does).
-3. ``decode+map``: ``OtlpIngest.handle`` into a null sink (adds the GenAI mapping and the
-   cost: the pool is priced by GPU-hour, as in the serve config used in stage 6).
-4. ``insert only``: the mapped rows inserted into chDB in batches of 5000 (store cost alone).
-5. ``pipeline``: ``OtlpIngest.handle`` -> real ``Writer`` -> embedded chDB store, in process.
-6. ``http``: ``governor serve`` in a subprocess pinned to one core (``taskset -c 0``),
+2. ``old decode``: ``collector.otlp.decode`` (parse + attribute dicts for LLM spans, only
+   the keys the mapping reads).
+3. ``old decode+map``: the per-span path, ``OtlpIngest.handle`` into a record sink
+   (``map_span`` + cost per span: the pool is priced by GPU-hour, as in the serve config).
+4. ``C decode``: ``collector._otlpcols.decode`` alone (per-span columns, no mapping).
+5. ``columnar decode+map``: ``OtlpIngest.handle`` into an Arrow sink (the C decoder, the
+   vectorized mapping and cost, the Arrow table) - what serve does for protobuf bodies.
+6. ``insert_arrow``: those tables inserted into chDB, ``--insert-batch`` rows per insert.
+7. ``pipeline``: ``OtlpIngest.handle`` -> real ``Writer`` -> embedded chDB, in process.
+8. ``http``: ``governor serve`` in a subprocess pinned to one core (``taskset -c 0``),
    the client pinned to the other; from the first POST until the writer reports every
-   row inserted (``governor_writer_inserted_rows_total``).
+   row inserted (``governor_writer_inserted_rows_total``). 503s (writer queue full) are
+   retried after 50 ms, as an exporter retries.
 
     .venv/bin/python -m bench.otlp_ingest [--spans 50000] [--batch 512] [--profile]
 """
@@ -50,13 +54,18 @@ from opentelemetry.trace import SpanKind
 
 from collector.genai import wanted_keys
 from collector.otlp import PROTOBUF, decode
-from controlplane.ingest import OtlpIngest
+from controlplane.ingest import IngestOverloaded, OtlpIngest
 
 TOKENS = "viewer:bench-viewer-token-0000,admin:bench-admin-token-00000"
 
 
 class NullSink:
     def emit(self, records: Sequence[Any]) -> None:
+        pass
+
+
+class NullArrowSink(NullSink):
+    def emit_arrow(self, table: str, data: Any) -> None:
         pass
 
 
@@ -122,8 +131,34 @@ CONFIG = (
 
 def stage_map(bodies: list[bytes]) -> None:
     ingest = OtlpIngest(NullSink(), pricer=pricer())
+    assert not ingest.columnar
     for b in bodies:
         ingest.handle(b, PROTOBUF, None)
+
+
+def stage_c_decode(bodies: list[bytes]) -> None:
+    from collector import _otlpcols
+    from collector.genai import LAT_E2E, OPERATION, SYSTEM
+
+    keys = tuple(sorted(wanted_keys()))
+    markers = tuple(keys.index(k) for k in (OPERATION, SYSTEM, LAT_E2E))
+    for b in bodies:
+        _otlpcols.decode(b, keys, markers, "llm_request")
+
+
+def stage_columnar(bodies: list[bytes]) -> None:
+    ingest = OtlpIngest(NullArrowSink(), pricer=pricer())
+    assert ingest.columnar, "collector._otlpcols is not built"
+    for b in bodies:
+        ingest.handle(b, PROTOBUF, None)
+
+
+class ArrowListSink(NullSink):
+    def __init__(self) -> None:
+        self.tables: list[Any] = []
+
+    def emit_arrow(self, table: str, data: Any) -> None:
+        self.tables.append(data)
 
 
 class ListSink:
@@ -134,43 +169,50 @@ class ListSink:
         self.records.extend(records)
 
 
-def stage_insert(bodies: list[bytes], data_dir: Path, batch: int = 5000) -> float:
-    """Store cost alone: rows already mapped, inserted the way the writer does."""
-    from collector.records import RequestRecord, as_row, columns
+def stage_insert(bodies: list[bytes], data_dir: Path, batch: int) -> float:
+    """Store cost alone: the columnar path's tables, ``batch`` rows per ``insert_arrow``."""
+    import pyarrow as pa
+
     from controlplane.store.chdb_driver import ChdbStore
     from controlplane.store.migrate import migrate
 
-    sink = ListSink()
+    sink = ArrowListSink()
     ingest = OtlpIngest(sink, pricer=pricer())
     for b in bodies:
         ingest.handle(b, PROTOBUF, None)
+    table = pa.concat_tables(sink.tables)
     store = ChdbStore(data_dir, database=f"b_{uuid.uuid4().hex[:8]}")
     migrate(store)
-    cols = columns(RequestRecord)
     try:
+        store.insert_arrow("requests", table.slice(0, 1), dedup_token="warm-up")
         t0 = time.perf_counter()
-        for i in range(0, len(sink.records), batch):
-            rows = [as_row(r) for r in sink.records[i : i + batch]]
-            store.insert_rows("requests", cols, rows, dedup_token=uuid.uuid4().hex)
+        for i in range(0, table.num_rows, batch):
+            store.insert_arrow("requests", table.slice(i, batch), dedup_token=uuid.uuid4().hex)
         return time.perf_counter() - t0
     finally:
         store.close()
 
 
-def stage_pipeline(bodies: list[bytes], data_dir: Path) -> float:
+def stage_pipeline(bodies: list[bytes], data_dir: Path, writer_batch: int = 5000) -> float:
     from collector.writer import Writer
     from controlplane.store.chdb_driver import ChdbStore
     from controlplane.store.migrate import migrate
 
     store = ChdbStore(data_dir, database=f"b_{uuid.uuid4().hex[:8]}")
     migrate(store)
-    writer = Writer(store, spool_dir=data_dir / "spool")
+    writer = Writer(store, spool_dir=data_dir / "spool", batch_size=writer_batch)
     writer.start()
     ingest = OtlpIngest(writer, pricer=pricer())
+    assert ingest.columnar
     try:
         t0 = time.perf_counter()
         for b in bodies:
-            ingest.handle(b, PROTOBUF, None)
+            while True:
+                try:
+                    ingest.handle(b, PROTOBUF, None)
+                    break
+                except IngestOverloaded:
+                    time.sleep(0.05)
         assert writer.flush(600), "writer did not drain"
         elapsed = time.perf_counter() - t0
         inserted = writer.stats().inserted_rows
@@ -193,12 +235,12 @@ def _inserted(url: str) -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def stage_http(bodies: list[bytes], total: int, data_dir: Path) -> float:
+def stage_http(bodies: list[bytes], total: int, data_dir: Path, writer_batch: int) -> float:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "GOVERNOR_API_TOKENS": TOKENS}
     config = data_dir / "governor.yaml"
-    config.write_text(CONFIG)
+    config.write_text(CONFIG + f"writer:\n  batch_size: {writer_batch}\n")
     cmd = [
         "taskset",
         "-c",
@@ -234,8 +276,14 @@ def stage_http(bodies: list[bytes], total: int, data_dir: Path) -> float:
         headers = {"Content-Type": PROTOBUF}
         with httpx.Client(timeout=120) as client:
             t0 = time.perf_counter()
+            retries = 0
             for b in bodies:
-                r = client.post(f"{url}/v1/traces", content=b, headers=headers)
+                while True:
+                    r = client.post(f"{url}/v1/traces", content=b, headers=headers)
+                    if r.status_code != 503:
+                        break
+                    retries += 1
+                    time.sleep(0.05)
                 r.raise_for_status()
             posted = time.perf_counter() - t0
             while _inserted(url) < total:
@@ -243,7 +291,7 @@ def stage_http(bodies: list[bytes], total: int, data_dir: Path) -> float:
                     raise RuntimeError("rows did not all arrive")
                 time.sleep(0.05)
             elapsed = time.perf_counter() - t0
-        print(f"  (http: all POSTs answered after {posted:.2f}s)")
+        print(f"  (http: all POSTs answered after {posted:.2f}s; {retries} retried after 503)")
         return elapsed
     finally:
         proc.send_signal(signal.SIGINT)
@@ -270,6 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--profile", action="store_true", help="cProfile the in-process pipeline")
     ap.add_argument("--no-http", action="store_true")
+    ap.add_argument("--insert-batch", type=int, default=5000, help="rows per insert_arrow")
+    ap.add_argument("--writer-batch", type=int, default=5000, help="writer batch_size")
     args = ap.parse_args(argv)
     if hasattr(os, "sched_setaffinity") and os.cpu_count() and os.cpu_count() > 1:
         os.sched_setaffinity(0, {1})  # stages 1-5 on one core; serve gets the other
@@ -278,19 +328,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     size = sum(len(b) for b in bodies)
     print(
         f"{n} spans in {len(bodies)} requests of {args.batch}, {size / n:.0f} B/span protobuf;"
-        f" load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+        f" load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores;"
+        f" writer batch {args.writer_batch}"
     )
     tmp = Path(tempfile.mkdtemp(prefix="bench-otlp-"))
     try:
         rows = [
             ("parse (upb only)", timed(lambda: stage_parse(bodies))),
-            ("decode", timed(lambda: stage_decode(bodies))),
-            ("decode+map", timed(lambda: stage_map(bodies))),
-            ("insert only (chDB)", stage_insert(bodies, tmp / "pipe")),
-            ("pipeline -> chDB", stage_pipeline(bodies, tmp / "pipe")),
-        ]
+            ("old decode", timed(lambda: stage_decode(bodies))),
+            ("old decode+map", timed(lambda: stage_map(bodies))),
+            ("C decode only", timed(lambda: stage_c_decode(bodies))),
+            ("columnar decode+map", timed(lambda: stage_columnar(bodies))),
+            (f"insert_arrow ({args.insert_batch})",
+             stage_insert(bodies, tmp / "pipe", args.insert_batch)),
+            ("pipeline -> chDB", stage_pipeline(bodies, tmp / "pipe", args.writer_batch)),
+        ]  # fmt: skip
         if not args.no_http:
-            rows.append(("http -> serve -> chDB", stage_http(bodies, n, tmp)))
+            rows.append(("http -> serve -> chDB", stage_http(bodies, n, tmp, args.writer_batch)))
         base = rows[0][1]
         print(f"{'stage':<24} {'seconds':>8} {'spans/s':>10} {'us/span':>8} {'x parse':>8}")
         for name, secs in rows:
@@ -298,6 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{name:<24} {secs:>8.2f} {n / secs:>10,.0f} {secs / n * 1e6:>8.1f} "
                 f"{secs / base:>8.1f}"
             )
+        print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         if args.profile:
             print(profile(bodies, tmp / "prof"))
     finally:
