@@ -328,8 +328,9 @@ class RollupCache:
     number. A part numbered above what the check before the last one saw (a part made
     while a read ran is newer than the check of the call before) whose time range
     overlaps held buckets drops them, and they are read again, in a second statement of
-    the same call. So the first call through a cache only learns where the blocks are;
-    buckets are held from the second call on. Merges can drop held buckets needlessly (a
+    the same call. So buckets are held from the third call on a pair of tables: the
+    first reads as an uncached call would (no check: nothing is held), the second learns
+    where the blocks are. Merges can drop held buckets needlessly (a
     merged part keeps its sources' oldest time), never keep stale ones. Calls are
     serialized. One cache serves one store (keys include the database); non-replicated
     tables only (replicated tables number blocks per partition).
@@ -346,6 +347,7 @@ class RollupCache:
             OrderedDict()
         )
         self._marks: dict[tuple[str, str], tuple[int, int]] = {}  # (previous, last) block
+        self._seen: set[tuple[str, str]] = set()  # (database, hourly table) called before
         self.stats = CacheStats()
 
     def clear(self) -> None:
@@ -353,6 +355,7 @@ class RollupCache:
             self._hours.clear()
             self._minutes.clear()
             self._marks.clear()
+            self._seen.clear()
 
     def window(
         self, store: Store, sel: Selector, cols: Sequence[str], since: datetime, until: datetime
@@ -446,19 +449,13 @@ class RollupCache:
             branches.append(
                 f"SELECT 3 AS kind, toUInt32(0) AS b, {agg} FROM {t_m} WHERE {where} AND {open_}"
             )
-        # late rows into held buckets: parts newer than the check before the last one
-        params |= {"th": t_h, "tm": t_m, "wh": marks[t_h][0], "wm": marks[t_m][0]}
-        newer = "max_block_number > if(table = {tm:String}, {wm:Int64}, {wh:Int64})"
-        marks_cols = [
-            "CAST([], 'Array(UInt32)')",
-            f"[toUInt64(max(max_block_number)), toUInt64(maxIf(max_time, {newer}))]",
-        ] + ["CAST([], 'Array(UInt32)'), CAST([], 'Array(UInt64)')"] * (len(cols) - 1)
-        branches.append(
-            f"SELECT 4 + (table = {{tm:String}}) AS kind, toUInt32(minIf(min_time, {newer})) "
-            f"AS b, {', '.join(marks_cols)} FROM system.parts "
-            "WHERE database = currentDatabase() AND active "
-            "AND table IN ({th:String}, {tm:String}) GROUP BY table"
-        )
+        # late rows into held buckets: parts newer than the check before the last one; a
+        # first call skips the check (nothing can be held yet), so one-off reads cost no more
+        with self._lock:
+            first_call = (db, t_h) not in self._seen
+            self._seen.add((db, t_h))
+        if not first_call:
+            branches.append(self._parts_branch(params, t_h, t_m, marks, len(cols)))
         rows = store.query(" UNION ALL ".join(branches), params).rows
         self.stats.statements += 1
 
@@ -517,6 +514,24 @@ class RollupCache:
                 v += minute_vec[i]
             out.append(v)
         return out
+
+    @staticmethod
+    def _parts_branch(
+        params: dict[str, Any], t_h: str, t_m: str, marks: dict[str, tuple[int, int]], n: int
+    ) -> str:
+        """Per table: the newest block, and the time span of parts newer than the mark."""
+        params |= {"th": t_h, "tm": t_m, "wh": marks[t_h][0], "wm": marks[t_m][0]}
+        newer = "max_block_number > if(table = {tm:String}, {wm:Int64}, {wh:Int64})"
+        cols = [
+            "CAST([], 'Array(UInt32)')",
+            f"[toUInt64(max(max_block_number)), toUInt64(maxIf(max_time, {newer}))]",
+        ] + ["CAST([], 'Array(UInt32)'), CAST([], 'Array(UInt64)')"] * (n - 1)
+        return (
+            f"SELECT 4 + (table = {{tm:String}}) AS kind, toUInt32(minIf(min_time, {newer})) "
+            f"AS b, {', '.join(cols)} FROM system.parts "
+            "WHERE database = currentDatabase() AND active "
+            "AND table IN ({th:String}, {tm:String}) GROUP BY table"
+        )
 
     def _put(
         self,
