@@ -421,8 +421,7 @@ class _Body:
             return self.strs(codes[rows])
 
         def u32(values: npt.NDArray[Any], present: Mask | None = None) -> pa.Array:
-            mask = None if present is None else ~present[rows]
-            return pa.array(values[rows].astype(np.uint32), type=_U32, mask=mask)
+            return _nullable(values[rows].astype(np.uint32), _U32, present, rows)
 
         trace, span_id = ids
         table = pa.Table.from_arrays(
@@ -436,7 +435,7 @@ class _Body:
                 u32(queue_us, has_queue), u32(prefill_us, has_prefill),
                 u32(decode_us, has_decode),
                 u32(inp), u32(out), u32(cached),
-                pa.array(tps[rows].astype(np.float32), pa.float32(), mask=~has_tps[rows]),
+                _nullable(tps[rows].astype(np.float32), pa.float32(), has_tps, rows),
                 pc.cast(pa.array(cost[rows], pa.float64()), SCHEMA.field("cost_usd").type),
                 attributes,
             ],
@@ -663,6 +662,20 @@ def _us(seconds: F64, present: Mask) -> tuple[I64, Mask]:
     x = seconds * 1e6 + 0.5
     us = np.where(x < 4294967296.0, np.floor(np.where(present, x, 0.0)), float(_U32MAX))
     return us.astype(np.int64), present
+
+
+def _nullable(
+    values: npt.NDArray[Any], typ: pa.DataType, present: Mask | None, rows: npt.NDArray[Any]
+) -> pa.Array:
+    """A primitive Arrow array over ``values`` with a validity bitmap from ``present``."""
+    valid = None if present is None else present[rows]
+    if valid is None or valid.all():
+        return pa.Array.from_buffers(typ, len(values), [None, pa.py_buffer(values)])
+    bitmap = np.packbits(valid, bitorder="little")
+    nulls = len(valid) - int(np.count_nonzero(valid))
+    return pa.Array.from_buffers(
+        typ, len(values), [pa.py_buffer(bitmap), pa.py_buffer(values)], null_count=nulls
+    )
 
 
 def _fixed(data: npt.NDArray[np.uint8], width: int) -> pa.Array:
