@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 
 from controlplane.slo.burn import Counts
 from controlplane.store.base import Store
@@ -132,14 +133,15 @@ class HourTable:
         self.lo, self.vals, self.fp, self.read = new_lo, vals, fp, read
         self._prefix.clear()
 
-    def update(self, store: Store, lo: datetime, counts: Ints, cache: HourCache) -> None:
-        """Hold every hour from ``lo`` on as the store has it now, given the table's
-        request count per hour (``counts``, from the check)."""
+    def reads(self, lo: datetime, counts: Ints) -> list[HourRead]:
+        """What to read so that every hour from ``lo`` on is held as the store has it,
+        given the table's request count per hour (``counts``, from the check): the hours
+        not held and those whose count changed. A long read (the first cycle) is one
+        part per histogram, each for only the series whose SLOs use it."""
         i0 = self._idx(lo)
-        i1 = i0 + len(counts)
-        need = ~self.read[i0:i1] | (counts != self.fp[i0:i1])
+        need = ~self.read[i0 : i0 + len(counts)] | (counts != self.fp[i0 : i0 + len(counts)])
         if not need.any():
-            return
+            return []
         idxs = [i0 + int(k) for k in np.flatnonzero(need)]
         if len(idxs) > _SPLIT_HOURS:
             groups: dict[str, list[int]] = {}
@@ -148,17 +150,9 @@ class HourTable:
             parts = list(groups.values())
         else:
             parts = [list(range(len(self.cols)))]
-        self.vals[:, idxs] = 0
-        self._read(store, idxs, parts)
-        cache.queries += 1
-        cache.hours_read += len(idxs)
-        # The counts were taken before the read: rows landing in between are in the
-        # values, not in the count, so the next check reads that hour again.
-        self.fp[idxs] = counts[need]
-        self.read[idxs] = True
-        self._prefix.clear()
+        return [HourRead(self, idxs, cols, counts[need]) for cols in parts]
 
-    def _hours_sql(self, idxs: list[int], params: dict[str, Any]) -> str:
+    def hours_sql(self, idxs: list[int], params: dict[str, Any]) -> str:
         assert self.lo is not None
         runs: list[list[int]] = []
         for i in idxs:
@@ -177,43 +171,31 @@ class HourTable:
             conds.append(f"(hour >= {{a{k}:DateTime('UTC')}} AND hour < {{b{k}:DateTime('UTC')}})")
         return f"({' OR '.join(conds)}){extra}"
 
-    def _read(self, store: Store, idxs: list[int], parts: list[list[int]]) -> None:
-        """Read the hours ``idxs``: one SELECT per part (a list of columns), each for the
-        series whose SLOs use those columns, in one UNION ALL statement (the engine runs
-        the parts side by side)."""
+    def store_reads(self, reads: list[HourRead]) -> None:
+        """Take the rows of this table's reads (all parts of one statement)."""
         assert self.lo is not None
-        params: dict[str, Any] = {}
-        hours = self._hours_sql(idxs, params)
-        width = max(len(cols) for cols in parts)
-        selects = []
-        for g, cols in enumerate(parts):
-            exprs = bind_cols([self.cols[i] for i in cols], params, cols)
-            sums = [f"toUInt64(sum({e}))" for e in exprs] + ["toUInt64(0)"] * (width - len(cols))
-            sels = frozenset().union(*(self.uses[self.cols[i]] for i in cols))
-            selects.append(
-                f"SELECT {g} AS g, pool, model, tenant, toUnixTimestamp(hour) AS h, "
-                f"{', '.join(sums)} FROM {self.table}"
-                f" WHERE {selectors_sql(sels, params, f's{g}')} AND {hours}"
-                " GROUP BY pool, model, tenant, h"
-            )
-        # A DataFrame: its columns convert to arrays without a Python object per value.
-        df = store.query_df(" UNION ALL ".join(selects), params)
-        if df.empty:
-            return
-        keys = list(zip(*(df[c].tolist() for c in ("pool", "model", "tenant")), strict=True))
-        for key in keys:  # series seen for the first time get a row of zeros
+        idxs = reads[0].idxs
+        frames = [r.rows for r in reads if r.rows is not None and not r.rows.empty]
+        keys = [list(zip(*(f[c].tolist() for c in ("a", "b", "c")), strict=True)) for f in frames]
+        for key in (k for ks in keys for k in ks):  # new series get a row of zeros
             if key not in self.series:
                 self.series[key] = len(self.series)
         if len(self.series) > self.vals.shape[0]:
             grow = np.zeros((len(self.series) - self.vals.shape[0], *self.vals.shape[1:]))
             self.vals = np.concatenate([self.vals, grow.astype(np.int64)])
-        s = np.array([self.series[k] for k in keys])
-        h = (df["h"].to_numpy(dtype=np.int64) - int(self.lo.timestamp())) // 3600
-        v = df.iloc[:, 5:].fillna(0).to_numpy(dtype=np.int64)
-        part = df["g"].to_numpy()
-        for k, cols in enumerate(parts):
-            r = part == k
-            self.vals[s[r, None], h[r, None], np.array(cols)[None, :]] = v[r, : len(cols)]
+        self.vals[:, idxs] = 0
+        base = int(self.lo.timestamp())
+        for read, f, ks in zip((r for r in reads if r.rows is not None and not r.rows.empty),
+                               frames, keys, strict=True):  # fmt: skip
+            s = np.array([self.series[k] for k in ks])
+            h = (f["key"].to_numpy(dtype=np.int64) - base) // 3600
+            v = f.iloc[:, 5 : 5 + len(read.cols)].fillna(0).to_numpy(dtype=np.int64)
+            self.vals[s[:, None], h[:, None], np.array(read.cols)[None, :]] = v
+        # The counts were taken before the read: rows landing in between are in the
+        # values, not in the count, so the next check reads that hour again.
+        self.fp[idxs] = reads[0].counts
+        self.read[idxs] = True
+        self._prefix.clear()
 
     def window(self, sel: Series, good: ColKey, total: ColKey, h: datetime, tm: datetime) -> Counts:
         """Sums of one selector's good and total columns over the held hours [h, tm)."""
@@ -226,6 +208,51 @@ class HourTable:
         a, b = self._idx(h), self._idx(tm)
         g, n = self.col_index[good], self.col_index[total]
         return Counts(int(p[b, g] - p[a, g]), int(p[b, n] - p[a, n]))
+
+
+class HourRead:
+    """One part of a read: columns ``cols`` of hours ``idxs`` for the series that use them."""
+
+    def __init__(self, table: HourTable, idxs: list[int], cols: list[int], counts: Ints) -> None:
+        self.table, self.idxs, self.cols, self.counts = table, idxs, cols, counts
+        self.rows: pd.DataFrame | None = None
+
+    @property
+    def width(self) -> int:
+        return len(self.cols)
+
+    def select(self, params: dict[str, Any]) -> str:
+        t = self.table
+        exprs = bind_cols([t.cols[i] for i in self.cols], params, self.cols)
+        sels = frozenset().union(*(t.uses[t.cols[i]] for i in self.cols))
+        sums = ", ".join(f"toUInt64(sum({e}))" for e in exprs)
+        return (
+            "SELECT toString(pool), toString(model), toString(tenant),"
+            f" toUInt64(toUnixTimestamp(hour)) AS h, {sums} FROM {t.table}"
+            f" WHERE {selectors_sql(sels, params)} AND {t.hours_sql(self.idxs, params)}"
+            " GROUP BY pool, model, tenant, h"
+        )
+
+    def take(self, rows: pd.DataFrame) -> None:
+        self.rows = rows.set_axis(["part", "a", "b", "c", "key", *rows.columns[5:]], axis=1)
+
+
+class Reads:
+    """The reads a cycle needs; ``finish`` stores their rows once the statement ran."""
+
+    def __init__(self, tables: dict[str, HourTable], parts: list[HourRead], cache: HourCache):
+        self.tables, self.parts, self.cache = tables, parts, cache
+
+    def finish(self) -> dict[str, HourTable]:
+        by_table: dict[str, list[HourRead]] = {}
+        for r in self.parts:
+            by_table.setdefault(r.table.table, []).append(r)
+        for name, reads in by_table.items():
+            self.tables[name].store_reads(reads)
+            self.cache.hours_read += len(reads[0].idxs)
+        if self.parts:
+            self.cache.queries += 1
+        return self.tables
 
 
 class HourCache:
@@ -246,18 +273,19 @@ class HourCache:
             t = self._tables[name] = HourTable(name, uses)
         return t
 
-    def refresh(
+    def prepare(
         self,
         store: Store,
         tm: datetime,
         wanted: Mapping[str, tuple[Mapping[ColKey, frozenset[Series]], datetime]],
-    ) -> dict[str, HourTable]:
-        """Each table ``name`` holding hours ``[lo, tm)`` of ``wanted[name] = (uses, lo)``
-        as the store has them now: one check query for all tables, then the reads."""
+    ) -> Reads:
+        """Each table ``name`` to hold hours ``[lo, tm)`` of ``wanted[name] = (uses, lo)``:
+        runs the check (one query for all tables) and returns the reads still needed,
+        to run (``statement.run_parts``) and then ``finish``."""
         tables = {name: self.table(name, uses) for name, (uses, _) in wanted.items()}
         active = [(name, lo) for name, (_, lo) in wanted.items() if lo < tm]
         if not active:
-            return tables
+            return Reads(tables, [], self)
         params: dict[str, Any] = {"tm": tm}
         parts = []
         for k, (name, lo) in enumerate(active):
@@ -274,6 +302,7 @@ class HourCache:
         for k, h, n in rows:
             lo = active[k][1]
             counts[k][(int(h) - int(lo.timestamp())) // 3600] = int(n)
+        reads = []
         for (name, lo), c in zip(active, counts, strict=True):
-            tables[name].update(store, lo, c, self)
-        return tables
+            reads += tables[name].reads(lo, c)
+        return Reads(tables, reads, self)

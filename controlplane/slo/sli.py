@@ -18,9 +18,12 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+import pandas as pd
+
 from controlplane.slo.burn import Counts
 from controlplane.slo.hours import ColKey, HourCache, Series, selectors_sql
 from controlplane.slo.spec import GAUGE_FIELDS, SLO
+from controlplane.slo.statement import run_parts
 from controlplane.store.base import Store, check_identifier
 from controlplane.store.rollups import floor_minute, round_up_2sig
 
@@ -80,6 +83,7 @@ class _Batch:
         self.windows: dict[Any, int] = {}
         self.window_sql: list[tuple[str, str]] = []  # (condition, scan range)
         self.slos: list[tuple[tuple[str, str, str], list[int], int, int]] = []
+        self.result: list[list[Counts]] = []
 
     def _col(self, expr: str, pname: str, value: int) -> int:
         key = (expr, pname, value)
@@ -114,25 +118,32 @@ class _Batch:
         self.slos.append(((sel.pool, sel.model, sel.tenant), bits, g, n))
         return len(self.slos) - 1
 
-    def run(self, store: Store) -> list[list[Counts]]:
+    @property
+    def width(self) -> int:
+        return len(self.col_sql)
+
+    def select(self, params: dict[str, Any]) -> str:
+        """The edge rows: (pool, model, tenant, mask, column sums) per series and mask."""
+        params |= self.params
         ranges = " OR ".join(r for _, r in self.window_sql)
         mask = " + ".join(f"(toUInt64({c}) * {1 << k})" for k, (c, _) in enumerate(self.window_sql))
-        sums = ", ".join(f"sum(c{i})" for i in range(len(self.col_sql)))
+        sums = ", ".join(f"toUInt64(sum(c{i}))" for i in range(len(self.col_sql)))
         # Models and tenants no SLO selects are merged into '' (which only "any" matches):
         # fewer rows to match, e.g. 8 pools x 4 tenant values instead of x 50 tenants.
         dims = []
         for i, dim in ((1, "model"), (2, "tenant")):
-            keep = sorted({sel[i] for sel, _, _, _ in self.slos if sel[i]})
-            self.params[f"keep_{dim}"] = keep
+            params[f"keep_{dim}"] = sorted({sel[i] for sel, _, _, _ in self.slos if sel[i]})
             dims.append(f"if({dim} IN {{keep_{dim}:Array(String)}}, {dim}, '') AS {dim}_k")
-        sql = f"""
-SELECT pool, model_k, tenant_k, mask, {sums} FROM (
+        return f"""
+SELECT toString(pool), toString(model_k), toString(tenant_k), mask, {sums} FROM (
     SELECT pool, {", ".join(dims)}, {mask} AS mask, {", ".join(self.col_sql)}
     FROM {self.table} WHERE {self.where} AND ({ranges})
 )
 WHERE mask != 0
 GROUP BY pool, model_k, tenant_k, mask"""
-        rows = store.query(sql, self.params).rows
+
+    def take(self, df: pd.DataFrame) -> None:
+        rows = list(df.iloc[:, 1:].itertuples(index=False, name=None))
         by_pool: dict[str, list[tuple[Any, ...]]] = {}
         for r in rows:
             by_pool.setdefault(r[0], []).append(r)
@@ -148,9 +159,9 @@ GROUP BY pool, model_k, tenant_k, mask"""
                 for r in by_pool.get(pool, []) if pool else rows:
                     if (model and r[1] != model) or (tenant and r[2] != tenant):
                         continue
-                    col_sums = acc.setdefault(r[3], [0] * ncols)
+                    col_sums = acc.setdefault(int(r[3]), [0] * ncols)
                     for c in range(ncols):
-                        col_sums[c] += int(r[4 + c] or 0)
+                        col_sums[c] += int(r[4 + c])
                 per_sel[key] = acc
             return per_sel[key]
 
@@ -164,7 +175,7 @@ GROUP BY pool, model_k, tenant_k, mask"""
                         good[i] += col_sums[g]
                         total[i] += col_sums[n]
             out.append([Counts(a, b) for a, b in zip(good, total, strict=True)])
-        return out
+        self.result = out
 
 
 class _Batches:
@@ -179,8 +190,11 @@ class _Batches:
             self.batches.append(_Batch(*self.args))
         return len(self.batches) - 1, self.batches[-1]
 
-    def run(self, store: Store) -> list[list[list[Counts]]]:
-        return [b.run(store) if b.slos else [] for b in self.batches]
+    def parts(self) -> list[_Batch]:
+        return [b for b in self.batches if b.slos]
+
+    def results(self) -> list[list[list[Counts]]]:
+        return [b.result if b.slos else [] for b in self.batches]
 
 
 # Minutes of a window [s, until) not covered by its whole hours [h, tm): condition, scan range.
@@ -253,8 +267,11 @@ def occurrences_many(
         for col in _row_cols(slo):
             uses[col] = uses.get(col, frozenset()) | {_selector(slo)}
         starts += starts_h
-    edge_rows = edges.run(store)
-    hours = cache.refresh(store, tm, {t: (uses, min(s)) for t, (uses, s) in by_table.items()})
+    # The hours' check first (its counts must predate the reads), then the edge minutes
+    # and the hours to read in one statement.
+    reads = cache.prepare(store, tm, {t: (uses, min(s)) for t, (uses, s) in by_table.items()})
+    run_parts(store, [*edges.parts(), *reads.parts])
+    edge_rows, hours = edges.results(), reads.finish()
     out = []
     for slo, hour_table, starts_h, eb, ej in plans:
         sel, (good, total) = _selector(slo), _row_cols(slo)
