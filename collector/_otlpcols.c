@@ -68,15 +68,16 @@ typedef struct {
     const uint8_t *p, *end;
 } Buf;
 
-#define KEY_SLOTS 256
+#define MAX_KEYS 256
+#define KEY_SLOTS 1024
 
 typedef struct {
     /* wanted keys: open-addressing table of indexes into keys */
-    const char *key_ptr[64];
-    Py_ssize_t key_len[64];
+    const char *key_ptr[MAX_KEYS];
+    Py_ssize_t key_len[MAX_KEYS];
     int nkeys;
     int key_table[KEY_SLOTS];
-    uint8_t is_marker[64];
+    uint8_t is_marker[MAX_KEYS];
     const char *vllm;
     Py_ssize_t vllm_len;
     /* outputs */
@@ -826,8 +827,8 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
     memset(&c, 0, sizeof c);
     PyObject *result = NULL;
     Py_ssize_t nkeys = PyTuple_GET_SIZE(keys);
-    if (nkeys > 64) {
-        PyErr_SetString(PyExc_ValueError, "at most 64 wanted keys");
+    if (nkeys > MAX_KEYS) {
+        PyErr_SetString(PyExc_ValueError, "too many wanted keys");
         goto done;
     }
     c.nkeys = (int)nkeys;
@@ -953,7 +954,8 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_otlpcols",
 PyMODINIT_FUNC PyInit__otlpcols(void) {
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
-    if (PyModule_AddIntConstant(m, "SPAN_SIZE", (long)sizeof(SpanRec)) < 0 ||
+    if (PyModule_AddIntConstant(m, "MAX_KEYS", MAX_KEYS) < 0 ||
+        PyModule_AddIntConstant(m, "SPAN_SIZE", (long)sizeof(SpanRec)) < 0 ||
         PyModule_AddIntConstant(m, "ATTR_SIZE", (long)sizeof(AttrRec)) < 0) {
         Py_DECREF(m);
         return NULL;

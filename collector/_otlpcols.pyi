@@ -1,5 +1,6 @@
 """Types of the C extension (collector/_otlpcols.c)."""
 
+MAX_KEYS: int
 SPAN_SIZE: int
 ATTR_SIZE: int
 

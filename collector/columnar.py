@@ -130,6 +130,11 @@ class ColumnarMapper:
         self.max_quoted = max_quoted
         self.wanted = g.wanted_keys(m)
         self.keys = tuple(sorted(self.wanted))
+        if len(self.keys) > _otlpcols.MAX_KEYS:
+            raise ValueError(
+                f"the mapping reads {len(self.keys)} attribute keys; the columnar decoder "
+                f"takes at most {_otlpcols.MAX_KEYS}"
+            )
         self._k = {k: i for i, k in enumerate(self.keys)}
         self._markers = tuple(self._k[k] for k in (g.OPERATION, g.SYSTEM, g.LAT_E2E))
         self._kinds_ok = np.array([k in m.span_kinds for k in SPAN_KINDS] + [False])

@@ -121,9 +121,13 @@ class OtlpIngest:
                     "compiler and Python headers (pip install -e .) to build it."
                 )
             return None
-        return columnar.ColumnarMapper(
-            self._mapping, self._pricer, self._trace_ids, max_quoted=_MAX_QUOTED
-        )
+        try:
+            return columnar.ColumnarMapper(
+                self._mapping, self._pricer, self._trace_ids, max_quoted=_MAX_QUOTED
+            )
+        except ValueError as exc:
+            log.warning("OTLP ingest: per-span path for protobuf bodies: %s", exc)
+            return None
 
     @property
     def columnar(self) -> bool:
@@ -157,7 +161,13 @@ class OtlpIngest:
             raise IngestOverloaded("the store writer's queue is full; retry later")
         if self._columnar is not None and media_type(content_type) == PROTOBUF:
             raw = decompress(body, content_encoding, self.max_body_bytes)
-            fast = self._columnar.map(raw)
+            try:
+                fast = self._columnar.map(raw)
+            except Exception:  # a fast-path bug must not fail the request: use the reference
+                log.exception(
+                    "OTLP ingest: columnar path failed; this body takes the per-span path"
+                )
+                fast = None
             if fast is not None:
                 return self._emit_table(fast)
             batch = decode_protobuf(raw, self._wanted)  # the reference path, whole body

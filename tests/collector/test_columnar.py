@@ -499,3 +499,23 @@ def test_finite_checks_match_python_for_doubles():
     )
     result = assert_same(body)
     assert result.rejected == 1 and "finite" in result.message
+
+
+def test_a_failure_in_the_fast_path_costs_speed_not_the_request(monkeypatch, caplog):
+    def broken(self: Any, raw: bytes) -> Any:
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(columnar.ColumnarMapper, "map", broken)
+    sink = RecordSink()
+    sink.emit_arrow = lambda table, data: None  # type: ignore[attr-defined]
+    ingest = OtlpIngest(sink, pricer=PRICER)
+    assert ingest.columnar
+    result = ingest.handle(mixed_body(), PROTOBUF, None)
+    assert (result.accepted, result.rejected) == (4, 1) and len(sink.records) == 4
+    assert "columnar path failed" in caplog.text
+
+
+def test_a_mapping_reading_more_keys_than_the_decoder_takes_uses_the_per_span_path():
+    many = tuple(f"custom.key.{i}" for i in range(300))
+    ingest = OtlpIngest(ArrowSink(), mapping=AttributeMapping(keep_attributes=many))
+    assert not ingest.columnar
