@@ -17,8 +17,10 @@ merges share that core as they would on a one-core budget. Side by side in one r
 - floors: ``requests`` without any view, and m0005 with background merges stopped;
 - the existing ``insert_rows`` figures (``bench.store``'s insert sections, Python rows).
 
-Reported per variant: rows/s (wall), CPU us/row (process CPU time, all engine threads),
-load average before and after.
+Reported per variant: rows/s (wall, inserts only), CPU us/row of the inserts (process
+CPU time, all engine threads, so merges that ran meanwhile too) and including the merges
+still running after the last insert (until none has run for a second), load average
+before and after.
 """
 
 from __future__ import annotations
@@ -128,6 +130,18 @@ def _migrate_to(store: Any, version: int) -> None:
                 store.command(stmt)
 
 
+def _settle_merges(store: Any, limit_s: float = 120.0) -> bool:
+    """Wait until no merge has run for a second: the merges the timed inserts caused."""
+    deadline, quiet = time.monotonic() + limit_s, 0
+    while time.monotonic() < deadline:
+        busy = store.query("SELECT count() FROM system.merges").rows[0][0]
+        quiet = 0 if busy else quiet + 1
+        if quiet >= 5:
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def _load() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
@@ -137,7 +151,7 @@ def run_variant(name: str, rows: int) -> dict[str, Any]:
     from controlplane.store.chdb_driver import ChdbStore
 
     version, transport, batch, extra = VARIANTS[name]
-    nb = max(4, rows // batch)  # at least 4 timed inserts
+    nb = max(8, rows // batch)  # at least 8 timed inserts
     now = time.time()
     # Pre-built batches sliding through the last two minutes, as a real-time stream.
     batches = [arrow_batch(batch, i, now - 60 + 60 * i / nb) for i in range(nb + 1)]
@@ -164,6 +178,8 @@ def run_variant(name: str, rows: int) -> dict[str, Any]:
         for data in batches[1:]:
             insert(data)
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        settled = _settle_merges(store)
+        cpu_all = time.process_time() - cpu0
         n = nb * batch
         got = store.query(
             "SELECT (SELECT count() FROM requests), (SELECT sum(requests) FROM requests_1m), "
@@ -175,6 +191,8 @@ def run_variant(name: str, rows: int) -> dict[str, Any]:
     return {
         "variant": name, "schema": f"m{version:04d}", "transport": transport, "batch": batch,
         "rows": n, "rows_per_s": round(n / wall), "cpu_us_per_row": round(cpu / n * 1e6, 2),
+        "cpu_us_per_row_incl_merges": round(cpu_all / n * 1e6, 2),
+        "rows_per_cpu_s_incl_merges": round(n / cpu_all), "merges_settled": settled,
         "wall_us_per_row": round(wall / n * 1e6, 2), "load_before": load0,
         "load_after": _load(), "rows_in_tables": [int(x or 0) for x in got],
     }  # fmt: skip
@@ -190,7 +208,7 @@ def _subprocess(args: list[str]) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--rows", type=int, default=200_000, help="rows per variant")
+    ap.add_argument("--rows", type=int, default=400_000, help="rows per variant")
     ap.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     ap.add_argument("--only", action="append", help="run only these variants")
     args = ap.parse_args()
@@ -212,7 +230,7 @@ def main() -> None:
         report["speedup_after_over_before"] = round(after["rows_per_s"] / before["rows_per_s"], 2)
     if not args.only:
         report["insert_rows"] = [
-            _subprocess(["bench.store", "--section", s, "--arg", str(args.rows)])
+            _subprocess(["bench.store", "--section", s, "--arg", "200000"])
             for s in ("insert_chdb", "insert_clickhouse")
         ]
     report["load_end"] = _load()
