@@ -146,6 +146,7 @@ class Writer:
         backoff_max_s: float = 10.0,
         idle_wait_s: float = 0.25,
         replay_max_rows: int | None = None,
+        backlog_max_rows: int | None = None,
     ) -> None:
         for name, value in (("batch_size", batch_size), ("queue_max", queue_max)):
             if value < 1:
@@ -160,6 +161,9 @@ class Writer:
         # Replay merges spooled batches into fewer, larger inserts (the store's cost is
         # mostly per insert), so a backlog drains faster than it built up.
         self._replay_max_rows = replay_max_rows or 4 * batch_size
+        # Off by default: when at least two batches' worth of rows wait (the store is
+        # falling behind), one insert takes up to this many, for the same reason.
+        self._backlog_max_rows = max(backlog_max_rows or batch_size, batch_size)
         self._interval = flush_interval_s
         self._queue_max = queue_max
         self._is_retryable = is_retryable
@@ -365,7 +369,10 @@ class Writer:
                 )
                 if n < self._batch_size and not (force or due):
                     return
-                records = self._take(min(n, self._batch_size))
+                cap = self._batch_size
+                if n >= 2 * cap and not (self._outage or self._spool_has_data()):
+                    cap = self._backlog_max_rows
+                records = self._take(min(n, cap))
                 self._oldest_at = self._clock.monotonic() if self._queue else None
                 self._busy = True
             for batch in self._group(records):

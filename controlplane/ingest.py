@@ -290,6 +290,8 @@ def _writer_options(ctx: AppContext) -> dict[str, Any]:
         spool = ctx.store.path / "spool"  # type: ignore[attr-defined]
     return {
         "batch_size": wcfg.batch_size,
+        # Under load, fewer and larger inserts: the store's cost is largely per insert.
+        "backlog_max_rows": 4 * wcfg.batch_size,
         "flush_interval_s": wcfg.flush_interval_s,
         "queue_max": wcfg.queue_max,
         "spool_dir": spool,

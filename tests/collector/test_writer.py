@@ -142,6 +142,16 @@ def test_full_batches_are_inserted_one_per_table_each_with_its_own_token(store, 
     assert len(set(tokens)) == len(tokens) == 4
 
 
+def test_a_backlog_is_inserted_in_larger_batches_when_configured(store, make_writer):
+    target = FlakyTarget(store)
+    w = make_writer(target, batch_size=100, backlog_max_rows=300)
+    w.emit([rec(i) for i in range(1000)])  # ten batches' worth waiting at once
+    assert w.flush(60)
+    assert counts(store) == (1000, 1000)
+    assert target.order == list(range(1000))
+    assert len(target.accepted) < 10  # batches of up to 300 while the backlog lasts
+
+
 def test_a_partial_batch_is_inserted_when_the_flush_interval_passes(store, make_writer, clock):
     target = FlakyTarget(store)
     w = make_writer(target, batch_size=1000, flush_interval_s=1.0)
