@@ -55,6 +55,8 @@ VARIANTS: dict[str, tuple[int, str, int, str]] = {
     "m0005_stream_50k": (5, "stream", 50_000, ""),
     "m0005_stream_100k": (5, "stream", 100_000, ""),
     "m0005_stream_10k_merges_stopped": (5, "stream", 10_000, "stop_merges"),
+    "m0005_stream_10k_merge_base_20": (5, "stream", 10_000, "merge:merge_selector_base = 20"),
+    "m0005_stream_10k_min_merge_10": (5, "stream", 10_000, "merge:min_parts_to_merge_at_once = 10"),
     "no_views_python_10k": (5, "python", 10_000, "no_views"),
     "no_views_stream_10k (floor)": (5, "stream", 10_000, "no_views"),
     "no_views_stream_50k": (5, "stream", 50_000, "no_views"),
@@ -162,6 +164,10 @@ def run_variant(name: str, rows: int) -> dict[str, Any]:
         if extra == "no_views":
             for view in ["requests_1m_mv", "requests_1h_mv"]:
                 store.command(f"DROP VIEW IF EXISTS {view}")
+        if extra.startswith("merge:"):  # experiment: a MergeTree setting on every table fed
+            for t in ["requests", "requests_1m", "requests_1h", "requests_1m_pool",
+                      "requests_1h_pool"]:  # fmt: skip
+                store.command(f"ALTER TABLE {t} MODIFY SETTING {extra[len('merge:') :]}")
         if extra == "stop_merges":
             store.command("SYSTEM STOP MERGES")
         cols = ", ".join(batches[0].column_names)
@@ -185,6 +191,10 @@ def run_variant(name: str, rows: int) -> dict[str, Any]:
             "SELECT (SELECT count() FROM requests), (SELECT sum(requests) FROM requests_1m), "
             "(SELECT sum(requests) FROM requests_1h), (SELECT sum(requests) FROM requests_1h_pool)"
         ).rows[0]
+        parts = store.query(
+            "SELECT table, count() FROM system.parts WHERE database = 'bench' AND active "
+            "AND table LIKE 'requests%' GROUP BY table ORDER BY table"
+        ).rows
         store.close()
     finally:
         shutil.rmtree(d, ignore_errors=True)
@@ -195,6 +205,7 @@ def run_variant(name: str, rows: int) -> dict[str, Any]:
         "rows_per_cpu_s_incl_merges": round(n / cpu_all), "merges_settled": settled,
         "wall_us_per_row": round(wall / n * 1e6, 2), "load_before": load0,
         "load_after": _load(), "rows_in_tables": [int(x or 0) for x in got],
+        "active_parts_after": {t: int(c) for t, c in parts},
     }  # fmt: skip
 
 
