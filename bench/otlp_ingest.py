@@ -208,7 +208,10 @@ def stage_pipeline(bodies: list[bytes], data_dir: Path, writer_batch: int = 5000
 
     store = ChdbStore(data_dir, database=f"b_{uuid.uuid4().hex[:8]}")
     migrate(store)
-    writer = Writer(store, spool_dir=data_dir / "spool", batch_size=writer_batch)
+    writer = Writer(  # as serve builds it (controlplane.ingest.shared_writer)
+        store, spool_dir=data_dir / "spool", batch_size=writer_batch,
+        backlog_max_rows=4 * writer_batch,
+    )  # fmt: skip
     writer.start()
     ingest = OtlpIngest(writer, pricer=pricer())
     assert ingest.columnar
