@@ -151,6 +151,11 @@ def test_held_hours_are_read_once_and_again_only_when_rows_arrive_late(
     assert cycle() == 2
     assert ev.latest["avail"].total == before.total + 40
     assert ev.latest["avail"].good == before.good
+    # Late rows in six held hours, every other hour, at once: those six are read again.
+    for m in (90, 210, 330, 450, 570, 690):
+        traffic(store, now, range(m, m + 1), per_min=2, bad=1)
+    clock.advance(10)
+    assert cycle() == 2 * 6
     # The hour turns (until = now - offset reaches the next hour): one new hour per table.
     turn = (int(now) // 3600 + 1) * 3600 + 60 + 7.0
     clock.set(turn)
