@@ -89,8 +89,8 @@ class HourTable:
     """One hourly rollup table's held hours: ``vals[series, hour, column]``.
 
     ``uses`` maps each column to the selectors that read it: a long read (the first
-    cycle, a gap) runs one query per histogram column with only the series whose SLOs
-    use it, since decoding the histograms of the granules read is most of the cost.
+    cycle, a gap) is one SELECT per histogram with only the series whose SLOs use it,
+    since decoding the histograms of the granules read is most of the cost.
     """
 
     def __init__(self, table: str, uses: Mapping[ColKey, frozenset[Series]]) -> None:
