@@ -242,3 +242,37 @@ def test_open_store_applies_retention_per_table_from_config(chdb_path: Path) -> 
     finally:
         store.command("DROP DATABASE IF EXISTS t_retention")
         store.close()
+
+
+def test_arrow_string_layouts_from_a_decoder_insert_like_plain_strings(store: ChdbStore) -> None:
+    # A columnar decoder may hand over dictionary-encoded, large or view strings; the
+    # Arrow-stream insert stores them as the same LowCardinality values.
+    import pyarrow as pa
+
+    ts = pa.array([_now()] * 3, pa.timestamp("us", tz="UTC"))
+    pools = pa.array(["a", "b", "a"], pa.string())
+    for i, layout in enumerate(
+        [pools.dictionary_encode(), pools.cast(pa.large_string()), pools.cast(pa.string_view())]
+    ):
+        data = pa.table({"ts": ts, "pool": layout, "ttft_us": pa.array([1, 2, 3], pa.uint32())})
+        store.insert_arrow("requests", data, dedup_token=f"layout-{i}")
+    got = store.query(
+        "SELECT pool, count(), sum(ttft_us) FROM requests GROUP BY pool ORDER BY pool"
+    )
+    assert got.rows == [("a", 6, 12), ("b", 3, 6)]
+    rolled = store.query("SELECT pool, sum(requests) FROM requests_1h GROUP BY pool ORDER BY pool")
+    assert rolled.rows == [("a", 6), ("b", 3)]
+
+
+def test_a_rejected_arrow_insert_names_the_column_and_leaves_the_store_usable(
+    store: ChdbStore,
+) -> None:
+    import pyarrow as pa
+
+    ts = pa.array([_now()] * 2, pa.timestamp("us", tz="UTC"))
+    bad = pa.table({"ts": ts, "input_tokens": ["5", "many"]})  # UInt32 column
+    with pytest.raises(QueryError, match="input_tokens"):
+        store.insert_arrow("requests", bad)
+    assert store.query("SELECT count() FROM requests").rows == [(0,)]
+    store.insert_rows("requests", columns(RequestRecord), [as_row(_record())])
+    assert store.query("SELECT count() FROM requests_1m").rows == [(1,)]
