@@ -15,6 +15,7 @@ merges share that core as they would on a one-core budget. Side by side in one r
   Arrow IPC stream through chDB's ``send_insert`` (the driver now);
 - batch sizes 5k to 100k rows (per-insert fixed costs vs per-row costs);
 - floors: ``requests`` without any view, and m0005 with background merges stopped;
+- merge experiments (not in the schema): a wider merge fan-in on the five tables;
 - the existing ``insert_rows`` figures (``bench.store``'s insert sections, Python rows).
 
 Reported per variant: rows/s (wall, inserts only), CPU us/row of the inserts (process
