@@ -370,7 +370,7 @@ class _Body:
         cached = np.where(inp != 0, np.minimum(cached, inp), cached)
 
         has_tpot = has_ttft & (out > 1) & (e2e >= ttft)
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             tpot = np.where(has_tpot, (e2e - ttft) / np.maximum(out - 1, 1), 0.0)
             has_tps = has_decode & (decode > 0) & (out > 1)
             tps = np.where(has_tps, (out - 1) / np.where(has_tps, decode, 1.0), 0.0)
