@@ -24,7 +24,7 @@ both paths give identical tables.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +89,17 @@ _UNKNOWN_SERVICE = "unknown_service"
 Mask = npt.NDArray[np.bool_]
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
+# (type tags, int64 values, the same bits as doubles) -> (taken, converted value)
+Tags = npt.NDArray[np.uint8]
+_Accept = Callable[[Tags, I64, F64], tuple[Mask, Any]]
+
+
+def _accept_tokens(t: Tags, v: I64, d: F64) -> tuple[Mask, I64]:
+    """Token counts: non-negative integers (integral doubles too), saturated at UInt32."""
+    ok_int = (t == T_INT) & (v >= 0)
+    ok_dbl = (t == T_DBL) & np.isfinite(d) & (d >= 0) & (d == np.floor(d))
+    dint = np.minimum(np.where(ok_dbl, d, 0.0), float(_U32MAX)).astype(np.int64)
+    return ok_int | ok_dbl, np.where(ok_int, np.minimum(v, _U32MAX), dint)
 
 
 @dataclass
@@ -232,14 +243,15 @@ class _Body:
         return col["type"][self.ridx], col["code"][self.ridx]
 
     # -- attribute access -------------------------------------------------------------
-    def _col(self, key: str) -> tuple[npt.NDArray[np.uint8], I64, npt.NDArray[np.int32]]:
+    def _col(self, key: str) -> tuple[Tags, I64, npt.NDArray[np.int32]]:
         k = self.mp._k[key]
         return self.types[k], self.vals[k], self.codes[k]
 
-    def _number(self, keys: Sequence[str], limit: float) -> tuple[Mask, F64]:
-        """(present, value) of the first present key; unusual values go to the reference."""
+    def _first(self, keys: Sequence[str], accept: _Accept, dtype: type) -> tuple[Mask, Any]:
+        """(present, value) of the first present key; ``accept`` says which values it takes
+        and converts them. Values it does not take go to the reference mapping."""
         present = np.zeros(self.n, dtype=bool)
-        value = np.zeros(self.n)
+        value: npt.NDArray[Any] = np.zeros(self.n, dtype=dtype)
         for key in keys:
             if not self.seen[self.mp._k[key]]:
                 continue
@@ -247,39 +259,27 @@ class _Body:
             here = (t != T_ABSENT) & ~present
             if not here.any():
                 continue
-            d = v.view(np.float64)
-            ok_int = (t == T_INT) & (v >= 0) & (v <= limit)
-            with np.errstate(invalid="ignore"):
-                ok_dbl = (t == T_DBL) & np.isfinite(d) & (d >= 0) & (d <= limit)
-            self.ref |= here & ~(ok_int | ok_dbl)
-            value = np.where(here & ok_int, v.astype(np.float64), value)
-            value = np.where(here & ok_dbl, d, value)
+            with np.errstate(invalid="ignore"):  # NaN doubles compare false: not taken
+                ok, converted = accept(t, v, v.view(np.float64))
+            self.ref |= here & ~ok
+            value = np.where(here & ok, converted, value)
             present |= here
         return present, value
+
+    def _number(self, keys: Sequence[str], limit: float) -> tuple[Mask, F64]:
+        def accept(t: Tags, v: I64, d: F64) -> tuple[Mask, F64]:
+            ok_int = (t == T_INT) & (v >= 0) & (v <= limit)
+            ok_dbl = (t == T_DBL) & np.isfinite(d) & (d >= 0) & (d <= limit)
+            return ok_int | ok_dbl, np.where(ok_int, v.astype(np.float64), d)
+
+        return self._first(keys, accept, np.float64)
 
     def _seconds(self, *keys: str) -> tuple[Mask, F64]:
         return self._number(keys, _MAX_SECONDS)
 
     def _tokens(self, *keys: str) -> I64:
-        present = np.zeros(self.n, dtype=bool)
-        value = np.zeros(self.n, dtype=np.int64)
-        for key in keys:
-            if not self.seen[self.mp._k[key]]:
-                continue
-            t, v, _ = self._col(key)
-            here = (t != T_ABSENT) & ~present
-            if not here.any():
-                continue
-            d = v.view(np.float64)
-            ok_int = (t == T_INT) & (v >= 0)
-            with np.errstate(invalid="ignore"):
-                ok_dbl = (t == T_DBL) & np.isfinite(d) & (d >= 0) & (d == np.floor(d))
-            self.ref |= here & ~(ok_int | ok_dbl)
-            value = np.where(here & ok_int, np.minimum(v, _U32MAX), value)
-            dint = np.minimum(np.where(ok_dbl, d, 0.0), float(_U32MAX)).astype(np.int64)
-            value = np.where(here & ok_dbl, dint, value)
-            present |= here
-        return value
+        _, value = self._first(keys, _accept_tokens, np.int64)
+        return value  # type: ignore[no-any-return]
 
     def _text(self, key: str, *, first: bool = False) -> npt.NDArray[np.int32]:
         """String codes of a span attribute read as text (0 when absent)."""
