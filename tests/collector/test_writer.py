@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,10 +14,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from collector.records import GpuSample, RequestRecord
 from collector.writer import Writer
-from controlplane.clock import ManualClock
-from controlplane.errors import QueryError, StoreUnavailable
-from controlplane.store.chdb_driver import ChdbStore
-from controlplane.store.migrate import migrate
+from controlplane.errors import StoreUnavailable
+from tests.support.writer import counts, retryable
 
 T0 = datetime(2026, 11, 22, 1, 0, tzinfo=UTC)
 
@@ -73,59 +70,6 @@ class FlakyTarget:
         self.order.extend(ids)
         self.accepted.append((table, ids[0], dedup_token))
         self.inserted.set()
-
-
-def retryable(exc: BaseException) -> bool:
-    return not isinstance(exc, QueryError)
-
-
-def counts(store: Any) -> tuple[int, int]:
-    r = store.query("SELECT count(), uniqExact(span_id) FROM requests").rows[0]
-    return int(r[0]), int(r[1])
-
-
-@pytest.fixture(scope="module")
-def _db(chdb_path) -> Iterator[ChdbStore]:
-    s = ChdbStore(chdb_path, database=f"t_{uuid.uuid4().hex[:12]}")
-    try:
-        migrate(s)
-        yield s
-    finally:
-        s.command(f"DROP DATABASE IF EXISTS {s.database}")
-        s.close()
-
-
-@pytest.fixture
-def store(_db: ChdbStore) -> ChdbStore:
-    """One migrated database for the module (migrating is the slow part), emptied per test."""
-    for table in ("requests", "requests_1m", "requests_1h", "gpu_samples"):
-        _db.command(f"TRUNCATE TABLE {table}")
-    return _db
-
-
-@pytest.fixture
-def registry() -> CollectorRegistry:
-    return CollectorRegistry()
-
-
-@pytest.fixture
-def make_writer(clock: ManualClock, registry: CollectorRegistry) -> Iterator[Any]:
-    made: list[Writer] = []
-
-    def make(target: Any, **kw: Any) -> Writer:
-        kw.setdefault("clock", clock)
-        kw.setdefault("registry", registry)
-        kw.setdefault("is_retryable", retryable)
-        kw.setdefault("flush_interval_s", 3600.0)
-        kw.setdefault("idle_wait_s", 0.02)
-        w = Writer(target, **kw)
-        w.start()
-        made.append(w)
-        return w
-
-    yield make
-    for w in made:
-        w.stop(timeout=5)
 
 
 def test_full_batches_are_inserted_one_per_table_each_with_its_own_token(store, make_writer):

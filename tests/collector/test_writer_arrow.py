@@ -8,24 +8,19 @@ spool is full, rows the store rejects isolated.
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pytest
-from prometheus_client import CollectorRegistry
 
 from collector.columnar import records_table
 from collector.records import RequestRecord
 from collector.spool import Batch, DiskSpool, MemorySpool, decode, encode
 from collector.writer import Writer
-from controlplane.clock import ManualClock
 from controlplane.errors import QueryError, StoreUnavailable
-from controlplane.store.chdb_driver import ChdbStore
-from controlplane.store.migrate import migrate
+from tests.support.writer import counts, retryable
 
 T0 = datetime(2026, 11, 22, 1, 0, tzinfo=UTC)
 
@@ -70,53 +65,6 @@ class ArrowTarget:
             raise StoreUnavailable("injected: connection reset after the insert")
         self.order.extend(ids)
         self.tokens.append(dedup_token)
-
-
-def retryable(exc: BaseException) -> bool:
-    return not isinstance(exc, QueryError)
-
-
-def counts(store: Any) -> tuple[int, int]:
-    r = store.query("SELECT count(), uniqExact(span_id) FROM requests").rows[0]
-    return int(r[0]), int(r[1])
-
-
-@pytest.fixture(scope="module")
-def _db(chdb_path) -> Iterator[ChdbStore]:
-    s = ChdbStore(chdb_path, database=f"t_{uuid.uuid4().hex[:12]}")
-    try:
-        migrate(s)
-        yield s
-    finally:
-        s.command(f"DROP DATABASE IF EXISTS {s.database}")
-        s.close()
-
-
-@pytest.fixture
-def store(_db: ChdbStore) -> ChdbStore:
-    for t in ("requests", "requests_1m", "requests_1h"):
-        _db.command(f"TRUNCATE TABLE {t}")
-    return _db
-
-
-@pytest.fixture
-def make_writer(clock: ManualClock) -> Iterator[Any]:
-    made: list[Writer] = []
-
-    def make(target: Any, **kw: Any) -> Writer:
-        kw.setdefault("clock", clock)
-        kw.setdefault("registry", CollectorRegistry())
-        kw.setdefault("is_retryable", retryable)
-        kw.setdefault("flush_interval_s", 3600.0)
-        kw.setdefault("idle_wait_s", 0.02)
-        w = Writer(target, **kw)
-        w.start()
-        made.append(w)
-        return w
-
-    yield make
-    for w in made:
-        w.stop(timeout=5)
 
 
 def test_arrow_chunks_are_concatenated_into_batches_of_the_configured_size(store, make_writer):
