@@ -203,52 +203,38 @@ class Writer:
     def emit(self, records: Sequence[Any]) -> None:
         """Enqueue ``records``; never blocks on I/O and never raises."""
         try:
-            n = len(records)
-            if n == 0:
-                return
-            if self._stopping.is_set():
-                self._count_drop("stopped", n)
-                return
-            with self._lock:
-                room = self._queue_max - self._rows
-                take = records if room >= n else records[: max(room, 0)]
-                if take:
-                    if not self._queue:
-                        self._oldest_at = self._clock.monotonic()
-                    self._queue.extend(take)
-                    self._rows += len(take)
-                full = self._rows >= self._batch_size
-            if len(take) < n:
-                self._count_drop("queue_full", n - len(take))
-            if full:
-                self._wake.set()
+            self._enqueue(len(records), lambda room: records if room >= len(records) else
+                          records[:room])  # fmt: skip
         except Exception:  # the caller's thread must never see our failure
             log.exception("writer.emit failed")
 
     def emit_arrow(self, table: str, data: pa.Table) -> None:
         """Enqueue rows for ``table`` already typed as Arrow; same bounds as ``emit``."""
         try:
-            n = data.num_rows
-            if n == 0:
-                return
-            if self._stopping.is_set():
-                self._count_drop("stopped", n)
-                return
-            with self._lock:
-                room = max(self._queue_max - self._rows, 0)
-                take = data if room >= n else data.slice(0, room)
-                if take.num_rows:
-                    if not self._queue:
-                        self._oldest_at = self._clock.monotonic()
-                    self._queue.append(_Chunk(table, take))
-                    self._rows += take.num_rows
-                full = self._rows >= self._batch_size
-            if take.num_rows < n:
-                self._count_drop("queue_full", n - take.num_rows)
-            if full:
-                self._wake.set()
+            self._enqueue(data.num_rows, lambda room: [_Chunk(table, data.slice(0, room))])
         except Exception:  # the caller's thread must never see our failure
             log.exception("writer.emit_arrow failed")
+
+    def _enqueue(self, n: int, take: Callable[[int], Sequence[Any]]) -> None:
+        """Queue ``n`` rows, or as many as there is room for: ``take(room)`` gives the
+        queue items holding the first ``min(room, n)`` rows (``room`` >= 1)."""
+        if n == 0:
+            return
+        if self._stopping.is_set():
+            self._count_drop("stopped", n)
+            return
+        with self._lock:
+            room = min(self._queue_max - self._rows, n)
+            if room > 0:
+                if not self._queue:
+                    self._oldest_at = self._clock.monotonic()
+                self._queue.extend(take(room))
+                self._rows += room
+            full = self._rows >= self._batch_size
+        if room < n:
+            self._count_drop("queue_full", n - max(room, 0))
+        if full:
+            self._wake.set()
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
@@ -417,16 +403,12 @@ class Writer:
                 self._count_drop("rejected", 1)
         for table_name, tables in chunks.items():
             try:
-                data = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+                joined = [pa.concat_tables(tables) if len(tables) > 1 else tables[0]]
             except pa.ArrowInvalid as exc:  # different schemas: keep them apart
                 log.warning("writer: %s chunks with different schemas (%s)", table_name, exc)
-                for t in tables:
-                    out.append(Batch(table_name, tuple(t.column_names), [], uuid.uuid4().hex,
-                                     arrow=t))  # fmt: skip
-                continue
-            out.append(
-                Batch(table_name, tuple(data.column_names), [], uuid.uuid4().hex, arrow=data)
-            )
+                joined = tables
+            out += [Batch(table_name, tuple(t.column_names), [], uuid.uuid4().hex, arrow=t)
+                    for t in joined]  # fmt: skip
         for typ, rows in by_type.items():
             table = getattr(typ, "TABLE", None)
             if not isinstance(table, str):
