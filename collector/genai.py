@@ -128,8 +128,8 @@ def is_llm_span(name: str, attributes: Mapping[str, Any]) -> bool:
     if name == VLLM_SPAN:
         return True
     op = attributes.get(OPERATION)
-    if op is not None:
-        return op not in NON_INFERENCE_OPERATIONS
+    if op is not None:  # a value of another type (even a list) names no known operation
+        return not (isinstance(op, str) and op in NON_INFERENCE_OPERATIONS)
     return SYSTEM in attributes or LAT_E2E in attributes
 
 

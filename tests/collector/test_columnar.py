@@ -258,6 +258,16 @@ def test_unknown_service_names_are_not_pools():
     assert result.accepted == 1
 
 
+def test_an_operation_name_of_another_type_is_a_request_on_both_paths():
+    span = {"name": "chat m", "kind": 3, "trace_id": b"\1" * 16, "span_id": b"\2" * 8,
+            "start": 1_750_000_000_000_000_000, "end": 1_750_000_001_000_000_000,
+            "status": 0, "message": ""}  # fmt: skip
+    for op in (["chat"], {"k": "v"}, 7):
+        attrs = [("gen_ai.operation.name", op), ("gen_ai.usage.input_tokens", 3)]
+        body = body_of([([("service.name", "p")], [span | {"attrs": attrs}])])
+        assert assert_same(body).accepted == 1, op
+
+
 # --- generated spans ------------------------------------------------------------------------
 
 NUMERIC_KEYS = [

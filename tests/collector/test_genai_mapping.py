@@ -356,6 +356,10 @@ def test_cheap_check_looks_only_at_name_and_marker_keys():
     assert is_llm_span("x", {"gen_ai.system": "openai"})
     assert is_llm_span("x", {"gen_ai.latency.e2e": 1.0})
     assert not is_llm_span("x", {"gen_ai.request.model": "m"})
+    assert not is_llm_span("x", {"gen_ai.operation.name": "execute_tool"})
+    # an operation name of another type names no known operation: a request span
+    for op in (["chat"], {"k": "v"}, 7):
+        assert is_llm_span("x", {"gen_ai.operation.name": op})
 
 
 class BrokenPricer:
