@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controlplane.api import routes as _routes
 from controlplane.errors import ConfigError, StoreError, StoreUnavailable
@@ -32,6 +33,35 @@ def _validation_message(exc: RequestValidationError) -> list[dict[str, str]]:
     return out
 
 
+class _HttpMetrics:
+    """Counts and times requests by route template. A plain ASGI middleware: Starlette's
+    ``BaseHTTPMiddleware`` (``@app.middleware``) pipes every request body through an extra
+    stream and task, a cost each OTLP export paid."""
+
+    def __init__(self, app: ASGIApp, requests_total: Counter, latency: Histogram) -> None:
+        self.app, self.requests_total, self.latency = app, requests_total, latency
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # unless a response starts: the app raised
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            path = getattr(scope.get("route"), "path", "unmatched")  # set by the router
+            self.requests_total.labels(path, scope["method"], str(status)).inc()
+            self.latency.labels(path).observe(time.perf_counter() - start)
+
+
 def create_app(ctx: AppContext) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -44,24 +74,17 @@ def create_app(ctx: AppContext) -> FastAPI:
     app = FastAPI(title="Governor", version="0.1.0", lifespan=lifespan)
     app.state.ctx = ctx
 
-    requests_total = Counter(
-        "governor_http_requests", "HTTP requests served", ["route", "method", "code"],
-        registry=ctx.registry,
-    )
-    latency = Histogram(
-        "governor_http_request_duration_seconds", "HTTP request latency", ["route"],
-        registry=ctx.registry,
-    )
-
-    @app.middleware("http")
-    async def _metrics(request: Request, call_next):  # type: ignore[no-untyped-def]
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        requests_total.labels(path, request.method, str(response.status_code)).inc()
-        latency.labels(path).observe(time.perf_counter() - start)
-        return response
+    app.add_middleware(
+        _HttpMetrics,
+        requests_total=Counter(
+            "governor_http_requests", "HTTP requests served", ["route", "method", "code"],
+            registry=ctx.registry,
+        ),
+        latency=Histogram(
+            "governor_http_request_duration_seconds", "HTTP request latency", ["route"],
+            registry=ctx.registry,
+        ),
+    )  # fmt: skip
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -49,6 +49,16 @@ def test_metrics_are_prometheus_text(client: TestClient) -> None:
     assert 'governor_http_requests_total{code="200",method="GET",route="/healthz"}' in r.text
 
 
+def test_http_metrics_count_by_route_template_and_status(client: TestClient) -> None:
+    client.get("/api/v1/silences/abc")  # no token
+    client.get("/no/such/path")
+    text = client.get("/metrics").text
+    route = "/api/v1/silences/{silence_id}"
+    assert f'governor_http_requests_total{{code="401",method="GET",route="{route}"}} 1.0' in text
+    assert 'governor_http_requests_total{code="404",method="GET",route="unmatched"} 1.0' in text
+    assert 'governor_http_request_duration_seconds_count{route="unmatched"} 1.0' in text
+
+
 @pytest.mark.parametrize(
     ("headers", "status"),
     [
