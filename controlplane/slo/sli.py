@@ -204,11 +204,9 @@ _MINUTE_EDGE = (
 )
 
 
-# Edge minutes of every SLO come from the tenant-level per-minute rollup: its
-# minute-ordered projection (m0003) makes "these minute ranges of every series" a few
-# contiguous granules. requests_1m_pool is ordered by series only, so the same ranges
-# cost one ~10 MB granule per series per range (0.5 s against 0.17 s at 100M rows).
-EDGE_TABLE = "requests_1m"
+# Edge minutes come from the per-minute rollup matching the SLO's hourly one, through its
+# minute-ordered projection (m0003, m0006): "these minute ranges of every series" is then
+# a few contiguous granules instead of one ~10 MB granule per series per range.
 
 
 def tables(slo: SLO) -> tuple[str, str]:
@@ -241,19 +239,25 @@ def occurrences_many(
     """Counts per window for many SLOs ending at ``until``: each window ``[s, until)`` =
     whole hours ``[h, tm)`` (h = s rounded up to the hour, tm = until rounded down) from
     the SLO's hourly rollup, held in ``cache`` between calls (see ``hours.py``), + the
-    minutes at both edges. One query reads the edges of every SLO (``EDGE_TABLE``)."""
+    minutes at both edges from the matching per-minute rollup: one query per table for
+    the edges of all its SLOs (more when their windows exceed a query's mask bits)."""
     cache = HourCache() if cache is None else cache
     tm = until.replace(minute=0, second=0, microsecond=0)
-    params: dict[str, Any] = {"until": until}
-    sels = selectors_sql((_selector(slo) for slo, _ in items), params)
-    where = f"minute < {{until:DateTime('UTC')}} AND {sels}"
-    edges = _Batches(EDGE_TABLE, where, params)
+    edges: dict[str, _Batches] = {}  # per-minute table -> its SLOs' edge queries
+    for slo, _ in items:
+        minute_table = tables(slo)[0]
+        if minute_table not in edges:
+            params: dict[str, Any] = {"until": until}
+            own = (_selector(x) for x, _ in items if tables(x)[0] == minute_table)
+            where = f"minute < {{until:DateTime('UTC')}} AND {selectors_sql(own, params)}"
+            edges[minute_table] = _Batches(minute_table, where, params)
     plans = []
     by_table: dict[str, tuple[dict[ColKey, frozenset[Series]], list[datetime]]] = {}
     for slo, sinces in items:
         starts_h = [_ceil_hour(s) for s in sinces]
         keys = {(s, h) for s, h in zip(sinces, starts_h, strict=True)}
-        eb, edge = edges.current(keys)
+        minute_table, hour_table = tables(slo)
+        eb, edge = edges[minute_table].current(keys)
         bits = []
         for s, h in zip(sinces, starts_h, strict=True):
             if h < tm:
@@ -261,8 +265,7 @@ def occurrences_many(
                 bits.append(edge.window((s, h), {"s": s, "h": h, "tm": tm}, cond, rng))
             else:
                 bits.append(edge.window((s, h), {"s": s}, "minute >= {s}", "minute >= {s}"))
-        hour_table = tables(slo)[1]
-        plans.append((slo, hour_table, starts_h, eb, edge.add(slo, bits)))
+        plans.append((slo, minute_table, hour_table, starts_h, eb, edge.add(slo, bits)))
         uses, starts = by_table.setdefault(hour_table, ({}, [tm]))
         for col in _row_cols(slo):
             uses[col] = uses.get(col, frozenset()) | {_selector(slo)}
@@ -270,13 +273,14 @@ def occurrences_many(
     # The hours' check first (its counts must predate the reads), then the edge minutes
     # and the hours to read in one statement.
     reads = cache.prepare(store, tm, {t: (uses, min(s)) for t, (uses, s) in by_table.items()})
-    run_parts(store, [*edges.parts(), *reads.parts])
-    edge_rows, hours = edges.results(), reads.finish()
+    run_parts(store, [*(p for e in edges.values() for p in e.parts()), *reads.parts])
+    edge_rows = {t: e.results() for t, e in edges.items()}
+    hours = reads.finish()
     out = []
-    for slo, hour_table, starts_h, eb, ej in plans:
+    for slo, minute_table, hour_table, starts_h, eb, ej in plans:
         sel, (good, total) = _selector(slo), _row_cols(slo)
         counts = []
-        for h, c in zip(starts_h, edge_rows[eb][ej], strict=True):
+        for h, c in zip(starts_h, edge_rows[minute_table][eb][ej], strict=True):
             if h < tm:
                 w = hours[hour_table].window(sel, good, total, h, tm)
                 c = Counts(c.good + w.good, c.total + w.total)

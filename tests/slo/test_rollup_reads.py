@@ -90,9 +90,8 @@ def test_tenant_less_slos_read_pool_rollups_and_equal_the_sum_over_tenants(
         spy = SpyStore(store)
         pool_level = window_counts(spy, _slo("p", sli, pool="chat"), until, sinces)  # type: ignore[arg-type]
         by_model = window_counts(spy, _slo("m", sli, model="llama"), until, sinces)  # type: ignore[arg-type]
-        # whole hours from the pool-level rollup; edge minutes from the tenant-level one,
-        # whose minute-ordered projection serves them best (see sli.EDGE_TABLE)
-        assert spy.tables == {"requests_1h_pool", "requests_1m"}, sli
+        # whole hours and edge minutes from the pool-level rollups
+        assert spy.tables == {"requests_1h_pool", "requests_1m_pool"}, sli
         spy = SpyStore(store)
         tenants = [window_counts(spy, _slo(t, sli, pool="chat", tenant=t), until, sinces)  # type: ignore[arg-type]
                    for t in ("acme", "beta")]  # fmt: skip
