@@ -37,6 +37,7 @@ from controlplane.store.chdb_driver import ChdbStore
 from controlplane.store.migrate import migrate
 
 VIEWER = "viewer-token-0123456789"
+PROTO = "application/x-protobuf"
 
 
 class Served:
@@ -222,6 +223,52 @@ def test_otlp_json_is_accepted_and_answered_in_json(shared):
     assert r.json() == {}
     (row,) = s.requests("json-pool")
     assert (row["pool"], row["input_tokens"], row["e2e_ms"]) == ("json-pool", 7, 1000.0)
+
+
+def test_usual_exports_are_decoded_in_line_and_large_ones_on_a_worker_thread(shared, monkeypatch):
+    from controlplane.api.routes import otlp as route
+    from tests.collector.test_columnar import body_of
+
+    offloaded: list[int] = []
+    real = route.run_in_threadpool
+
+    async def spy(fn: Any, body: bytes, *args: Any) -> Any:
+        offloaded.append(len(body))
+        return await real(fn, body, *args)
+
+    monkeypatch.setattr(route, "run_in_threadpool", spy)
+    s = shared
+
+    def export(pool: str, n: int) -> bytes:
+        now = time.time_ns()
+        spans = [{"name": "chat m", "kind": 3, "trace_id": uuid.uuid4().bytes,
+                  "span_id": uuid.uuid4().bytes[:8], "start": now - 10**9, "end": now,
+                  "status": 0, "message": "",
+                  "attrs": [("gen_ai.operation.name", "chat"), ("gen_ai.usage.input_tokens", 3)]}
+                 for _ in range(n)]  # fmt: skip
+        return body_of([([("service.name", pool)], spans)])
+
+    small, large, squeezed = export("inline", 10), export("big", 12_000), export("gz", 10_000)
+    squeezed = gzip.compress(squeezed)
+    assert len(small) <= route.INLINE_MAX_BYTES < len(large)
+    assert route.INLINE_MAX_GZIP_BYTES < len(squeezed) <= route.INLINE_MAX_BYTES
+    json_small = json_doc([json_span(1, **{"gen_ai.usage.input_tokens": {"intValue": "3"}})],
+                          "json-small")  # fmt: skip
+    gz = {"Content-Encoding": "gzip"}
+    cases = [(small, PROTO, {}), (large, PROTO, {}), (squeezed, PROTO, gz),
+             (json_small, "application/json", {})]  # fmt: skip
+    for body, ctype, extra in cases:
+        r = httpx.post(f"{s.url}/v1/traces", content=body,
+                       headers={"Content-Type": ctype} | extra, timeout=60)  # fmt: skip
+        assert r.status_code == 200, r.content
+    # the small protobuf export in line; the large, the compressed one and JSON offloaded
+    assert offloaded == [len(large), len(squeezed), len(json_small)]
+    s.flush()
+    counts = s.ctx.store.query(
+        "SELECT pool, count() FROM requests WHERE pool IN ('inline', 'big', 'gz', 'json-small') "
+        "GROUP BY pool ORDER BY pool"
+    ).rows
+    assert counts == [("big", 12_000), ("gz", 10_000), ("inline", 10), ("json-small", 1)]
 
 
 def test_unmappable_spans_get_partial_success_and_the_good_ones_are_kept(shared):
