@@ -325,12 +325,12 @@ def profile(bodies: list[bytes], data_dir: Path) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--spans", type=int, default=50_000)
+    ap.add_argument("--spans", type=int, default=400_000)
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--profile", action="store_true", help="cProfile the in-process pipeline")
     ap.add_argument("--no-http", action="store_true")
-    ap.add_argument("--insert-batch", type=int, default=5000, help="rows per insert_arrow")
-    ap.add_argument("--writer-batch", type=int, default=5000, help="writer batch_size")
+    ap.add_argument("--insert-batch", type=int, default=20_000, help="rows per insert_arrow")
+    ap.add_argument("--writer-batch", type=int, default=20_000, help="serve's batch_size")
     ap.add_argument("--repeat", type=int, default=3, help="best of N for stages 1-5")
     args = ap.parse_args(argv)
     global REPEAT

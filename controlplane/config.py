@@ -215,7 +215,7 @@ class PricingConfig(_Model):
 class WriterConfig(_Model):
     """The store writer (``collector.writer.Writer``) that ``serve`` feeds rows through."""
 
-    batch_size: int = Field(default=5000, ge=1)
+    batch_size: int = Field(default=20_000, ge=1)
     flush_interval_s: float = Field(default=1.0, gt=0)
     queue_max: int = Field(default=100_000, ge=1)
     spool_dir: str | None = None  # None: <store.data_dir>/spool; relative to the config file
