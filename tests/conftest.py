@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 
 from controlplane.clock import ManualClock
 from controlplane.store.chdb_driver import ChdbStore
-from controlplane.store.migrate import migrate
+from tests.support.stores import migrated_store
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -31,13 +30,8 @@ def chdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def store(chdb_path: Path) -> Iterator[ChdbStore]:
     """A migrated embedded store in a database of its own."""
-    s = ChdbStore(chdb_path, database=f"t_{uuid.uuid4().hex[:12]}")
-    migrate(s)
-    try:
+    with migrated_store(chdb_path) as s:
         yield s
-    finally:
-        s.command(f"DROP DATABASE IF EXISTS {s.database}")
-        s.close()
 
 
 @pytest.fixture

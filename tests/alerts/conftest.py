@@ -6,28 +6,22 @@ and empty the alerting tables before each test instead (``store`` is overridden 
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from controlplane.store.chdb_driver import ChdbStore
-from controlplane.store.migrate import migrate
 from tests.alerts.harness import Recorder
+from tests.support.stores import migrated_store
 
 TABLES = ("alert_state", "alert_nflog", "alert_silences", "alert_deliveries", "alert_events")
 
 
 @pytest.fixture(scope="package")
 def _alerts_db(chdb_path: Path) -> Iterator[ChdbStore]:
-    s = ChdbStore(chdb_path, database=f"ta_{uuid.uuid4().hex[:12]}")
-    migrate(s)
-    try:
+    with migrated_store(chdb_path, "ta") as s:
         yield s
-    finally:
-        s.command(f"DROP DATABASE IF EXISTS {s.database}")
-        s.close()
 
 
 @pytest.fixture

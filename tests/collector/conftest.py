@@ -6,7 +6,6 @@ Migrating is the slow part of a fresh store; the writer tests only need empty ta
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,19 +17,14 @@ from collector.writer import Writer
 from controlplane import conventions as cv
 from controlplane.clock import ManualClock
 from controlplane.store.chdb_driver import ChdbStore
-from controlplane.store.migrate import migrate
+from tests.support.stores import migrated_store
 from tests.support.writer import retryable
 
 
 @pytest.fixture(scope="module")
 def _module_db(chdb_path: Path) -> Iterator[ChdbStore]:
-    s = ChdbStore(chdb_path, database=f"t_{uuid.uuid4().hex[:12]}")
-    try:
-        migrate(s)
+    with migrated_store(chdb_path) as s:
         yield s
-    finally:
-        s.command(f"DROP DATABASE IF EXISTS {s.database}")
-        s.close()
 
 
 @pytest.fixture
