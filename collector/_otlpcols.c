@@ -134,6 +134,24 @@ static inline int rd_fixed64(Buf *b, uint64_t *out) {
     return 0;
 }
 
+static int skip_field(Buf *b, int wt) {
+    uint64_t v;
+    Buf sub;
+    switch (wt) {
+        case 0: return rd_varint(b, &v);
+        case 1:
+            if (b->end - b->p < 8) return -1;
+            b->p += 8;
+            return 0;
+        case 2: return rd_len(b, &sub);
+        case 5:
+            if (b->end - b->p < 4) return -1;
+            b->p += 4;
+            return 0;
+        default: return -1; /* groups and invalid wire types: leave them to upb */
+    }
+}
+
 /* Strict UTF-8 (no overlongs, no surrogates, <= U+10FFFF), as upb checks proto3 strings. */
 static int utf8_ok(const uint8_t *s, size_t n) {
     size_t i = 0;
@@ -166,6 +184,11 @@ static int utf8_ok(const uint8_t *s, size_t n) {
         }
     }
     return 1;
+}
+
+static inline int rd_string(Buf *b, Buf *sub) {
+    if (rd_len(b, sub) < 0) return -1;
+    return utf8_ok(sub->p, (size_t)(sub->end - sub->p)) ? 0 : -1;
 }
 
 static uint64_t hash_bytes(const uint8_t *p, size_t n) {
@@ -247,52 +270,25 @@ static int32_t intern(Ctx *c, const uint8_t *s, size_t n) {
         int _r = (x);            \
         if (_r < 0) return _r;   \
     } while (0)
-
-/* One field off the wire: a varint or fixed64 value in v, a length-delimited payload in
-   sub (fixed32 values are skipped: no field read here has one). */
-typedef struct {
-    uint32_t num;
-    int wt;
-    uint64_t v;
-    Buf sub;
-} Field;
-
-/* The next field, whatever its number, so unknown fields cost nothing more to skip.
-   Groups and invalid wire types fail: upb reports them. */
-static inline int next_field(Buf *b, Field *fd) {
-    if (rd_tag(b, &fd->num, &fd->wt) < 0) return -1;
-    switch (fd->wt) {
-        case 0: return rd_varint(b, &fd->v);
-        case 1: return rd_fixed64(b, &fd->v);
-        case 2: return rd_len(b, &fd->sub);
-        case 5:
-            if (b->end - b->p < 4) return -1;
-            b->p += 4;
-            return 0;
-        default: return -1;
-    }
-}
-
-/* A known field must have its schema's wire type; else -1, and upb names the mismatch. */
-static inline int want(const Field *fd, int wt) { return fd->wt == wt ? 0 : -1; }
-
-/* A string field: length-delimited and valid UTF-8, as upb checks proto3 strings. */
-static inline int want_str(const Field *fd) {
-    if (fd->wt != 2) return -1;
-    return utf8_ok(fd->sub.p, (size_t)(fd->sub.end - fd->sub.p)) ? 0 : -1;
-}
+#define WIRE(w) \
+    if (wt != (w)) return -1
 
 static int any_value(Ctx *c, Buf *b, int depth, AttrRec *out);
 
 static int kv(Ctx *c, Buf *b, int depth, AttrRec *slots, int *marker);
 
 static int kvlist(Ctx *c, Buf *b, int depth) {
-    Field fd;
     while (b->p < b->end) {
-        TRY(next_field(b, &fd));
-        if (fd.num == 1) {
-            TRY(want(&fd, 2));
-            TRY(kv(c, &fd.sub, depth + 1, NULL, NULL));
+        uint32_t f;
+        int wt;
+        Buf sub;
+        TRY(rd_tag(b, &f, &wt));
+        if (f == 1) {
+            WIRE(2);
+            TRY(rd_len(b, &sub));
+            TRY(kv(c, &sub, depth + 1, NULL, NULL));
+        } else {
+            TRY(skip_field(b, wt));
         }
     }
     return 0;
@@ -303,31 +299,37 @@ static int array_value(Ctx *c, Buf *b, int depth, AttrRec *out) {
     int all_str = 1, count = 0;
     size_t start = c->scratch.len;
     int32_t first = -1;
-    Field fd;
     while (b->p < b->end) {
-        TRY(next_field(b, &fd));
-        if (fd.num != 1) continue;
-        TRY(want(&fd, 2));
-        AttrRec el;
-        memset(&el, 0, sizeof el);
-        el.type = T_OTHER;
-        TRY(any_value(c, &fd.sub, depth + 1, out ? &el : NULL));
-        if (!out) continue;
-        if (el.type != T_STR) {
-            all_str = 0;
-            continue;
+        uint32_t f;
+        int wt;
+        Buf sub;
+        TRY(rd_tag(b, &f, &wt));
+        if (f == 1) {
+            WIRE(2);
+            TRY(rd_len(b, &sub));
+            AttrRec el;
+            memset(&el, 0, sizeof el);
+            el.type = T_OTHER;
+            TRY(any_value(c, &sub, depth + 1, out ? &el : NULL));
+            if (!out) continue;
+            if (el.type != T_STR) {
+                all_str = 0;
+                continue;
+            }
+            if (!all_str) continue;
+            if (count == 0) first = el.code;
+            PyObject *o = PyList_GET_ITEM(c->strings, el.code);
+            Py_ssize_t len;
+            const char *u = PyUnicode_AsUTF8AndSize(o, &len);
+            if (!u) return -2;
+            if (vec_grow(&c->scratch, (size_t)len + 1) < 0) return -2;
+            if (count) c->scratch.data[c->scratch.len++] = ',';
+            memcpy(c->scratch.data + c->scratch.len, u, (size_t)len);
+            c->scratch.len += (size_t)len;
+            count++;
+        } else {
+            TRY(skip_field(b, wt));
         }
-        if (!all_str) continue;
-        if (count == 0) first = el.code;
-        PyObject *o = PyList_GET_ITEM(c->strings, el.code);
-        Py_ssize_t len;
-        const char *u = PyUnicode_AsUTF8AndSize(o, &len);
-        if (!u) return -2;
-        if (vec_grow(&c->scratch, (size_t)len + 1) < 0) return -2;
-        if (count) c->scratch.data[c->scratch.len++] = ',';
-        memcpy(c->scratch.data + c->scratch.len, u, (size_t)len);
-        c->scratch.len += (size_t)len;
-        count++;
     }
     if (out) {
         if (all_str && count > 0) {
@@ -348,52 +350,72 @@ static int array_value(Ctx *c, Buf *b, int depth, AttrRec *out) {
 static int any_value(Ctx *c, Buf *b, int depth, AttrRec *out) {
     if (depth > MAX_ANY_DEPTH) return -1;
     int arrays = 0;
-    Field fd;
-    AttrRec ignored;
-    if (!out) out = &ignored; /* validate only */
     while (b->p < b->end) {
-        TRY(next_field(b, &fd));
-        switch (fd.num) {
-            case 1: {
-                TRY(want_str(&fd));
-                if (out == &ignored) break;
-                int32_t code = intern(c, fd.sub.p, (size_t)(fd.sub.end - fd.sub.p));
-                if (code < 0) return -2;
-                out->type = T_STR;
-                out->code = code;
+        uint32_t f;
+        int wt;
+        Buf sub;
+        uint64_t v;
+        TRY(rd_tag(b, &f, &wt));
+        switch (f) {
+            case 1:
+                WIRE(2);
+                TRY(rd_string(b, &sub));
+                if (out) {
+                    int32_t code = intern(c, sub.p, (size_t)(sub.end - sub.p));
+                    if (code < 0) return -2;
+                    out->type = T_STR;
+                    out->code = code;
+                }
                 break;
-            }
             case 2:
+                WIRE(0);
+                TRY(rd_varint(b, &v));
+                if (out) {
+                    out->type = T_BOOL;
+                    out->val = v != 0;
+                }
+                break;
             case 3:
-                TRY(want(&fd, 0));
-                out->type = fd.num == 2 ? T_BOOL : T_INT;
-                out->val = fd.num == 2 ? fd.v != 0 : (int64_t)fd.v;
+                WIRE(0);
+                TRY(rd_varint(b, &v));
+                if (out) {
+                    out->type = T_INT;
+                    out->val = (int64_t)v;
+                }
                 break;
             case 4:
-                TRY(want(&fd, 1));
-                out->type = T_DBL;
-                out->val = (int64_t)fd.v;
+                WIRE(1);
+                TRY(rd_fixed64(b, &v));
+                if (out) {
+                    out->type = T_DBL;
+                    out->val = (int64_t)v;
+                }
                 break;
             case 5:
-                TRY(want(&fd, 2));
+                WIRE(2);
+                TRY(rd_len(b, &sub));
                 /* A second array_value merges into the first: leave that to upb. */
-                TRY(array_value(c, &fd.sub, depth, (out != &ignored && !arrays) ? out : NULL));
-                if (arrays) out->type = T_OTHER;
+                TRY(array_value(c, &sub, depth, (out && !arrays) ? out : NULL));
+                if (out && arrays) out->type = T_OTHER;
                 arrays++;
                 break;
             case 6:
-                TRY(want(&fd, 2));
-                TRY(kvlist(c, &fd.sub, depth));
-                out->type = T_OTHER;
+                WIRE(2);
+                TRY(rd_len(b, &sub));
+                TRY(kvlist(c, &sub, depth));
+                if (out) out->type = T_OTHER;
                 break;
-            case 7: /* bytes */
-                TRY(want(&fd, 2));
-                out->type = T_OTHER;
+            case 7:
+                WIRE(2);
+                TRY(rd_len(b, &sub));
+                if (out) out->type = T_OTHER;
                 break;
             case 8: /* string_value_strindex: a oneof member the mapping reads as None */
-                TRY(want(&fd, 0));
-                out->type = T_OTHER;
+                WIRE(0);
+                TRY(rd_varint(b, &v));
+                if (out) out->type = T_OTHER;
                 break;
+            default: TRY(skip_field(b, wt));
         }
     }
     return 0;
@@ -420,20 +442,27 @@ static inline int key_index(Ctx *c, const uint8_t *k, size_t n) {
 static int kv(Ctx *c, Buf *b, int depth, AttrRec *slots, int *marker) {
     Buf key = {NULL, NULL}, val = {NULL, NULL};
     int nval = 0;
-    Field fd;
     while (b->p < b->end) {
-        TRY(next_field(b, &fd));
-        if (fd.num == 1) {
-            TRY(want_str(&fd));
-            key = fd.sub;
-        } else if (fd.num == 2) {
-            TRY(want(&fd, 2));
-            val = fd.sub;
+        uint32_t f;
+        int wt;
+        Buf sub;
+        uint64_t v;
+        TRY(rd_tag(b, &f, &wt));
+        if (f == 1) {
+            WIRE(2);
+            TRY(rd_string(b, &key));
+        } else if (f == 2) {
+            WIRE(2);
+            TRY(rd_len(b, &sub));
+            val = sub;
             nval++;
             /* Validate every occurrence; only the value of a single one is recorded. */
-            TRY(any_value(c, &fd.sub, depth + 1, NULL));
-        } else if (fd.num == 3) {
-            TRY(want(&fd, 0));
+            TRY(any_value(c, &sub, depth + 1, NULL));
+        } else if (f == 3) {
+            WIRE(0);
+            TRY(rd_varint(b, &v));
+        } else {
+            TRY(skip_field(b, wt));
         }
     }
     if (!slots) return 0;
@@ -451,57 +480,105 @@ static int kv(Ctx *c, Buf *b, int depth, AttrRec *slots, int *marker) {
     return 0;
 }
 
-/* Messages read only to validate them: each field number's wire type, strings' UTF-8 and
-   the attributes (KeyValue lists) they hold. A row per message: the string fields, the
-   varint fields, the fixed64 fields, the nested bytes fields (ids), the KeyValue field. */
-typedef struct {
-    uint32_t str_lo, str_hi; /* string fields: numbers in [lo, hi] */
-    uint32_t varint1, varint2;
-    uint32_t fixed64;
-    uint32_t fixed32;
-    uint32_t bytes1, bytes2;
-    uint32_t attrs; /* repeated KeyValue */
-    int attrs_depth;
-} Shape;
-
-static const Shape SCOPE = {1, 2, 4, 0, 0, 0, 0, 0, 3, 4};      /* InstrumentationScope */
-static const Shape EVENT = {2, 2, 4, 0, 1, 0, 0, 0, 3, 6};      /* Span.Event */
-static const Shape LINK = {3, 3, 5, 0, 0, 6, 1, 2, 4, 6};       /* Span.Link */
-static const Shape ENTITY_REF = {1, 4, 0, 0, 0, 0, 0, 0, 0, 0}; /* EntityRef */
-
-static int validate(Ctx *c, Buf *b, const Shape *sh) {
-    Field fd;
+static int m_scope(Ctx *c, Buf *b) {
     while (b->p < b->end) {
-        TRY(next_field(b, &fd));
-        uint32_t n = fd.num;
-        if (n >= sh->str_lo && n <= sh->str_hi) { /* field numbers start at 1 */
-            TRY(want_str(&fd));
-        } else if (n == sh->varint1 || n == sh->varint2) {
-            TRY(want(&fd, 0));
-        } else if (n == sh->fixed64) {
-            TRY(want(&fd, 1));
-        } else if (n == sh->fixed32) {
-            TRY(want(&fd, 5));
-        } else if (n == sh->bytes1 || n == sh->bytes2) {
-            TRY(want(&fd, 2));
-        } else if (n == sh->attrs) {
-            TRY(want(&fd, 2));
-            TRY(kv(c, &fd.sub, sh->attrs_depth, NULL, NULL));
+        uint32_t f;
+        int wt;
+        Buf sub;
+        uint64_t v;
+        TRY(rd_tag(b, &f, &wt));
+        if (f == 1 || f == 2) {
+            WIRE(2);
+            TRY(rd_string(b, &sub));
+        } else if (f == 3) {
+            WIRE(2);
+            TRY(rd_len(b, &sub));
+            TRY(kv(c, &sub, 4, NULL, NULL));
+        } else if (f == 4) {
+            WIRE(0);
+            TRY(rd_varint(b, &v));
+        } else {
+            TRY(skip_field(b, wt));
+        }
+    }
+    return 0;
+}
+
+/* Event (fields 1 fixed64, 2 string, 3 KeyValue, 4 varint) and Link. */
+static int m_event(Ctx *c, Buf *b) {
+    while (b->p < b->end) {
+        uint32_t f;
+        int wt;
+        Buf sub;
+        uint64_t v;
+        TRY(rd_tag(b, &f, &wt));
+        if (f == 1) {
+            WIRE(1);
+            TRY(rd_fixed64(b, &v));
+        } else if (f == 2) {
+            WIRE(2);
+            TRY(rd_string(b, &sub));
+        } else if (f == 3) {
+            WIRE(2);
+            TRY(rd_len(b, &sub));
+            TRY(kv(c, &sub, 6, NULL, NULL));
+        } else if (f == 4) {
+            WIRE(0);
+            TRY(rd_varint(b, &v));
+        } else {
+            TRY(skip_field(b, wt));
+        }
+    }
+    return 0;
+}
+
+static int m_link(Ctx *c, Buf *b) {
+    while (b->p < b->end) {
+        uint32_t f;
+        int wt;
+        Buf sub;
+        uint64_t v;
+        TRY(rd_tag(b, &f, &wt));
+        if (f == 1 || f == 2) {
+            WIRE(2);
+            TRY(rd_len(b, &sub));
+        } else if (f == 3) {
+            WIRE(2);
+            TRY(rd_string(b, &sub));
+        } else if (f == 4) {
+            WIRE(2);
+            TRY(rd_len(b, &sub));
+            TRY(kv(c, &sub, 6, NULL, NULL));
+        } else if (f == 5) {
+            WIRE(0);
+            TRY(rd_varint(b, &v));
+        } else if (f == 6) {
+            WIRE(5);
+            TRY(skip_field(b, 5));
+        } else {
+            TRY(skip_field(b, wt));
         }
     }
     return 0;
 }
 
 static int m_status(Buf *b, SpanRec *s) {
-    Field fd;
     while (b->p < b->end) {
-        TRY(next_field(b, &fd));
-        if (fd.num == 2) {
-            TRY(want_str(&fd));
-        } else if (fd.num == 3) {
-            TRY(want(&fd, 0));
-            if (fd.v > 0x7fffffff) return -1;
-            s->status = (int32_t)fd.v;
+        uint32_t f;
+        int wt;
+        Buf sub;
+        uint64_t v;
+        TRY(rd_tag(b, &f, &wt));
+        if (f == 2) {
+            WIRE(2);
+            TRY(rd_string(b, &sub));
+        } else if (f == 3) {
+            WIRE(0);
+            TRY(rd_varint(b, &v));
+            if (v > 0x7fffffff) return -1;
+            s->status = (int32_t)v;
+        } else {
+            TRY(skip_field(b, wt));
         }
     }
     return 0;
@@ -517,72 +594,86 @@ static int m_span(Ctx *c, Buf *b, int32_t res) {
     memset(slots, 0, k * sizeof(AttrRec));
     s->res = res;
     int marker = 0;
-    Field fd;
     while (b->p < b->end) {
-        TRY(next_field(b, &fd));
-        Buf *sub = &fd.sub;
-        switch (fd.num) {
+        uint32_t f;
+        int wt;
+        Buf sub;
+        uint64_t v;
+        TRY(rd_tag(b, &f, &wt));
+        switch (f) {
             case 1:
             case 2: {
-                TRY(want(&fd, 2));
-                size_t n = (size_t)(sub->end - sub->p);
-                size_t want_len = fd.num == 1 ? 16 : 8;
-                uint8_t *dst = fd.num == 1 ? s->trace : s->span;
+                WIRE(2);
+                TRY(rd_len(b, &sub));
+                size_t n = (size_t)(sub.end - sub.p);
+                size_t want = f == 1 ? 16 : 8;
+                uint8_t *dst = f == 1 ? s->trace : s->span;
                 /* A length other than 0 or the id size: the candidate check below falls
                    back, so the reference decoder reports it. */
                 uint8_t len8 = n > 255 ? 255 : (uint8_t)n;
-                if (fd.num == 1) s->trace_len = len8; else s->span_len = len8;
-                memset(dst, 0, want_len);
-                if (n == want_len) memcpy(dst, sub->p, want_len);
+                if (f == 1) s->trace_len = len8; else s->span_len = len8;
+                memset(dst, 0, want);
+                if (n == want) memcpy(dst, sub.p, want);
                 break;
             }
-            case 4: /* parent_span_id */
-                TRY(want(&fd, 2));
+            case 4:
+                WIRE(2);
+                TRY(rd_len(b, &sub));
                 break;
-            case 3: /* trace_state */
-                TRY(want_str(&fd));
+            case 3:
+                WIRE(2);
+                TRY(rd_string(b, &sub));
                 break;
             case 5:
-                TRY(want_str(&fd));
-                s->vllm = (sub->end - sub->p) == c->vllm_len &&
-                          memcmp(sub->p, c->vllm, (size_t)c->vllm_len) == 0;
+                WIRE(2);
+                TRY(rd_string(b, &sub));
+                s->vllm = (sub.end - sub.p) == c->vllm_len &&
+                          memcmp(sub.p, c->vllm, (size_t)c->vllm_len) == 0;
                 break;
             case 6:
-                TRY(want(&fd, 0));
-                s->kind = fd.v <= 5 ? (int32_t)fd.v : 6; /* 6: invalid, the reference reports it */
+                WIRE(0);
+                TRY(rd_varint(b, &v));
+                s->kind = v <= 5 ? (int32_t)v : 6; /* 6: invalid, the reference reports it */
                 break;
             case 7:
-                TRY(want(&fd, 1));
-                s->start = fd.v;
+                WIRE(1);
+                TRY(rd_fixed64(b, &s->start));
                 break;
             case 8:
-                TRY(want(&fd, 1));
-                s->end = fd.v;
+                WIRE(1);
+                TRY(rd_fixed64(b, &s->end));
                 break;
             case 9:
-                TRY(want(&fd, 2));
-                TRY(kv(c, sub, 5, slots, &marker));
+                WIRE(2);
+                TRY(rd_len(b, &sub));
+                TRY(kv(c, &sub, 5, slots, &marker));
                 break;
-            case 10: /* dropped counts */
+            case 10:
             case 12:
             case 14:
-                TRY(want(&fd, 0));
+                WIRE(0);
+                TRY(rd_varint(b, &v));
                 break;
             case 11:
-                TRY(want(&fd, 2));
-                TRY(validate(c, sub, &EVENT));
+                WIRE(2);
+                TRY(rd_len(b, &sub));
+                TRY(m_event(c, &sub));
                 break;
             case 13:
-                TRY(want(&fd, 2));
-                TRY(validate(c, sub, &LINK));
+                WIRE(2);
+                TRY(rd_len(b, &sub));
+                TRY(m_link(c, &sub));
                 break;
             case 15:
-                TRY(want(&fd, 2));
-                TRY(m_status(sub, s));
+                WIRE(2);
+                TRY(rd_len(b, &sub));
+                TRY(m_status(&sub, s));
                 break;
-            case 16: /* flags */
-                TRY(want(&fd, 5));
+            case 16:
+                WIRE(5);
+                TRY(skip_field(b, 5));
                 break;
+            default: TRY(skip_field(b, wt));
         }
     }
     c->total++;
@@ -597,34 +688,65 @@ static int m_span(Ctx *c, Buf *b, int32_t res) {
 }
 
 static int m_scope_spans(Ctx *c, Buf *b, int32_t res) {
-    Field fd;
     while (b->p < b->end) {
-        TRY(next_field(b, &fd));
-        if (fd.num == 1) {
-            TRY(want(&fd, 2));
-            TRY(validate(c, &fd.sub, &SCOPE));
-        } else if (fd.num == 2) {
-            TRY(want(&fd, 2));
-            TRY(m_span(c, &fd.sub, res));
-        } else if (fd.num == 3) {
-            TRY(want_str(&fd));
+        uint32_t f;
+        int wt;
+        Buf sub;
+        TRY(rd_tag(b, &f, &wt));
+        if (f == 1) {
+            WIRE(2);
+            TRY(rd_len(b, &sub));
+            TRY(m_scope(c, &sub));
+        } else if (f == 2) {
+            WIRE(2);
+            TRY(rd_len(b, &sub));
+            TRY(m_span(c, &sub, res));
+        } else if (f == 3) {
+            WIRE(2);
+            TRY(rd_string(b, &sub));
+        } else {
+            TRY(skip_field(b, wt));
+        }
+    }
+    return 0;
+}
+
+static int m_entity_ref(Buf *b) {
+    while (b->p < b->end) {
+        uint32_t f;
+        int wt;
+        Buf sub;
+        TRY(rd_tag(b, &f, &wt));
+        if (f >= 1 && f <= 4) {
+            WIRE(2);
+            TRY(rd_string(b, &sub));
+        } else {
+            TRY(skip_field(b, wt));
         }
     }
     return 0;
 }
 
 static int m_resource(Ctx *c, Buf *b, AttrRec *slots) {
-    Field fd;
     while (b->p < b->end) {
-        TRY(next_field(b, &fd));
-        if (fd.num == 1) {
-            TRY(want(&fd, 2));
-            TRY(kv(c, &fd.sub, 3, slots, NULL));
-        } else if (fd.num == 2) {
-            TRY(want(&fd, 0));
-        } else if (fd.num == 3) {
-            TRY(want(&fd, 2));
-            TRY(validate(c, &fd.sub, &ENTITY_REF));
+        uint32_t f;
+        int wt;
+        Buf sub;
+        uint64_t v;
+        TRY(rd_tag(b, &f, &wt));
+        if (f == 1) {
+            WIRE(2);
+            TRY(rd_len(b, &sub));
+            TRY(kv(c, &sub, 3, slots, NULL));
+        } else if (f == 2) {
+            WIRE(0);
+            TRY(rd_varint(b, &v));
+        } else if (f == 3) {
+            WIRE(2);
+            TRY(rd_len(b, &sub));
+            TRY(m_entity_ref(&sub));
+        } else {
+            TRY(skip_field(b, wt));
         }
     }
     return 0;
@@ -638,30 +760,42 @@ static int m_resource_spans(Ctx *c, Buf *b) {
     size_t off = c->res.len;
     memset(c->res.data + off, 0, k * sizeof(AttrRec));
     c->res.len += k * sizeof(AttrRec);
-    Field fd;
     while (b->p < b->end) {
-        TRY(next_field(b, &fd));
-        if (fd.num == 1) {
-            TRY(want(&fd, 2));
-            /* Only this function grows c->res, so the slots stay where they are. */
-            TRY(m_resource(c, &fd.sub, (AttrRec *)(c->res.data + off)));
-        } else if (fd.num == 2) {
-            TRY(want(&fd, 2));
-            TRY(m_scope_spans(c, &fd.sub, r));
-        } else if (fd.num == 3) {
-            TRY(want_str(&fd));
+        uint32_t f;
+        int wt;
+        Buf sub;
+        TRY(rd_tag(b, &f, &wt));
+        if (f == 1) {
+            WIRE(2);
+            TRY(rd_len(b, &sub));
+            /* c->res may move while spans grow it? No: only this function grows it. */
+            TRY(m_resource(c, &sub, (AttrRec *)(c->res.data + off)));
+        } else if (f == 2) {
+            WIRE(2);
+            TRY(rd_len(b, &sub));
+            TRY(m_scope_spans(c, &sub, r));
+        } else if (f == 3) {
+            WIRE(2);
+            TRY(rd_string(b, &sub));
+        } else {
+            TRY(skip_field(b, wt));
         }
     }
     return 0;
 }
 
 static int m_request(Ctx *c, Buf *b) {
-    Field fd;
     while (b->p < b->end) {
-        TRY(next_field(b, &fd));
-        if (fd.num == 1) {
-            TRY(want(&fd, 2));
-            TRY(m_resource_spans(c, &fd.sub));
+        uint32_t f;
+        int wt;
+        Buf sub;
+        TRY(rd_tag(b, &f, &wt));
+        if (f == 1) {
+            WIRE(2);
+            TRY(rd_len(b, &sub));
+            TRY(m_resource_spans(c, &sub));
+        } else {
+            TRY(skip_field(b, wt));
         }
     }
     return 0;
