@@ -196,7 +196,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "first_insert_after_s": first_ok - recovered_at,
         # While the backlog drains, new records keep joining its tail.
         "replay_rows_per_s": (spooled_rows + args.rate * replay_s) / replay_s
-        if replay_s > 0 else float("inf"),
+        if replay_s > 0
+        else float("inf"),
         "steady_insert_p50_ms": statistics.median(steady) * 1000 if steady else None,
         "replay_insert_p50_ms": statistics.median(replay) * 1000 if replay else None,
         "ack_loss": args.ack_loss,

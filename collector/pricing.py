@@ -65,8 +65,10 @@ class ModelPrice:
 
     def cost(self, input_tokens: int, output_tokens: int, cached_tokens: int) -> Cost:
         cached = min(max(cached_tokens, 0), max(input_tokens, 0))
-        cached_rate = self.input_per_mtok if self.cached_input_per_mtok is None else (
-            self.cached_input_per_mtok
+        cached_rate = (
+            self.input_per_mtok
+            if self.cached_input_per_mtok is None
+            else (self.cached_input_per_mtok)
         )
         inp = ((input_tokens - cached) * self.input_per_mtok + cached * cached_rate) / _MTOK
         return Cost(inp, output_tokens * self.output_per_mtok / _MTOK, "api")
@@ -145,7 +147,8 @@ class Pricer:
                         input_per_mtok=float(m["input_usd_per_mtok"]),
                         output_per_mtok=float(m["output_usd_per_mtok"]),
                         cached_input_per_mtok=(
-                            None if m.get("cached_input_usd_per_mtok") is None
+                            None
+                            if m.get("cached_input_usd_per_mtok") is None
                             else float(m["cached_input_usd_per_mtok"])
                         ),
                         regex=bool(m.get("regex", False)),
@@ -160,7 +163,8 @@ class Pricer:
             d = _as_dict(p)
             prices.append(
                 PoolPrice(
-                    str(d["name"]), float(d.get("gpu_hour_usd", 0.0)),
+                    str(d["name"]),
+                    float(d.get("gpu_hour_usd", 0.0)),
                     int(d.get("gpus_per_replica", 1)),
                 )  # fmt: skip
             )

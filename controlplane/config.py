@@ -142,8 +142,9 @@ class AlertingConfig(_Model):
     @model_validator(mode="after")
     def _routes_name_receivers(self) -> AlertingConfig:
         names = {r.name for r in self.receivers}
-        dupes = sorted({r.name for r in self.receivers if [x.name for x in self.receivers]
-                        .count(r.name) > 1})
+        dupes = sorted(
+            {r.name for r in self.receivers if [x.name for x in self.receivers].count(r.name) > 1}
+        )
         if dupes:
             raise ValueError(f"receiver names must be unique, repeated: {', '.join(dupes)}")
         missing = [r.receiver for r in self.routes if r.receiver not in names]

@@ -78,8 +78,16 @@ def _requests() -> list[RequestRecord]:
                       tenant="A", input_tokens=10_000, output_tokens=1_000, cost_usd=0.00195)
         for i in range(2)
     ]  # fmt: skip
-    late = RequestRecord(ts=T0 + timedelta(hours=2), pool="chat", model="llama", tenant="A",
-                         input_tokens=99, output_tokens=99, prefill_us=9, decode_us=9)
+    late = RequestRecord(
+        ts=T0 + timedelta(hours=2),
+        pool="chat",
+        model="llama",
+        tenant="A",
+        input_tokens=99,
+        output_tokens=99,
+        prefill_us=9,
+        decode_us=9,
+    )
     return [*a, b, *api, late]
 
 

@@ -40,8 +40,11 @@ class TokenAuth:
                 problems.append(Problem(source, f"[{i}]", "expected role:token"))
             elif role not in cv.ROLES:
                 problems.append(
-                    Problem(source, f"[{i}]", f"unknown role {role!r}, expected one of "
-                            f"{', '.join(cv.ROLES)}")
+                    Problem(
+                        source,
+                        f"[{i}]",
+                        f"unknown role {role!r}, expected one of {', '.join(cv.ROLES)}",
+                    )
                 )
             elif len(token) < 16:
                 problems.append(Problem(source, f"[{i}]", "token must have at least 16 characters"))

@@ -110,8 +110,8 @@ def test_a_torn_tail_is_detected_logged_and_skipped(
 @pytest.mark.parametrize(
     ("damage", "problem"),
     [
-        (lambda d, off: d[:off + 20] + bytes([d[off + 20] ^ 0xFF]) + d[off + 21:], "checksum"),
-        (lambda d, off: d[:off] + b"XXXX" + d[off + 4:], "bad magic"),
+        (lambda d, off: d[: off + 20] + bytes([d[off + 20] ^ 0xFF]) + d[off + 21 :], "checksum"),
+        (lambda d, off: d[:off] + b"XXXX" + d[off + 4 :], "bad magic"),
         (lambda d, off: d[: off + 5], "short header"),
     ],
     ids=["a flipped payload bit", "an overwritten header", "a cut header"],
@@ -141,6 +141,7 @@ def test_when_full_the_oldest_batches_are_dropped_counted_and_logged(
     dropped: list[tuple[int, int]] = []
     size = len(encode(batch(0)))
     limit = size * 10 + size // 2
+
     def on_drop(b: int, r: int) -> None:
         dropped.append((b, r))
 

@@ -65,8 +65,11 @@ class FlakyTarget:
         if self.lose_acks:
             self.lose_acks -= 1
             raise StoreUnavailable("injected: connection reset after the insert")
-        ids = [int(r[list(columns).index("span_id")], 16) for r in rows] if (
-            "span_id" in columns) else [-1]
+        ids = (
+            [int(r[list(columns).index("span_id")], 16) for r in rows]
+            if ("span_id" in columns)
+            else [-1]
+        )
         self.order.extend(ids)
         self.accepted.append((table, ids[0], dedup_token))
         self.inserted.set()
@@ -240,9 +243,10 @@ def test_when_the_spool_is_full_the_oldest_rows_are_dropped_and_counted(
     # What survived is exactly the newest rows: a contiguous run ending at the last one.
     assert int(kept[2]) + dropped == 800
     assert int(bytes(kept[0]).hex(), 16) == dropped and int(bytes(kept[1]).hex(), 16) == 799
-    assert registry.get_sample_value(
-        "governor_writer_dropped_records_total", {"reason": "spool_full"}
-    ) == dropped
+    assert (
+        registry.get_sample_value("governor_writer_dropped_records_total", {"reason": "spool_full"})
+        == dropped
+    )
 
 
 def test_rows_the_store_rejects_are_dead_lettered_and_the_rest_of_the_batch_goes_in(
@@ -272,9 +276,10 @@ def test_emit_never_blocks_and_counts_drops_when_the_queue_is_full(
     assert target.entered.wait(5)  # the worker holds that batch, stuck in the store
     w.emit([rec(i) for i in range(10, 110)])  # returns although nothing can drain
     assert w.stats().dropped == {"queue_full": 50}
-    assert registry.get_sample_value(
-        "governor_writer_dropped_records_total", {"reason": "queue_full"}
-    ) == 50
+    assert (
+        registry.get_sample_value("governor_writer_dropped_records_total", {"reason": "queue_full"})
+        == 50
+    )
     assert registry.get_sample_value("governor_writer_queued_records") == 50
     with caplog.at_level(logging.WARNING, logger="collector.writer"):
         target.gate.set()
