@@ -175,30 +175,14 @@ class HourTable:
         """Take the rows of this table's reads (all parts of one statement)."""
         assert self.lo is not None
         idxs = reads[0].idxs
-        parts = [r for r in reads if r.rows is not None and not r.rows.empty]
-        rows_of = []  # per part: each row's series index (new series get one)
-        for read in parts:
-            f = read.rows
-            assert f is not None
-            # (pool, model, tenant) of each row as one integer, then a series index each
-            codes, names = zip(*(pd.factorize(f[c].to_numpy()) for c in "abc"), strict=True)
-            combined = (codes[0] * len(names[1]) + codes[1]) * len(names[2]) + codes[2]
-            keys, inverse = np.unique(combined, return_inverse=True)
-            ab, c = np.divmod(keys, len(names[2]))
-            a, b = np.divmod(ab, len(names[1]))
-            ids = np.array([
-                self.series.setdefault((names[0][i], names[1][j], names[2][k]), len(self.series))
-                for i, j, k in zip(a.tolist(), b.tolist(), c.tolist(), strict=True)
-            ])  # fmt: skip
-            rows_of.append(ids[inverse])
-        if len(self.series) > self.vals.shape[0]:  # new series get a row of zeros
+        parts = [(r, r.rows) for r in reads if r.rows is not None and not r.rows.empty]
+        rows_of = [self._series_of(f) for _, f in parts]  # new series get an index here
+        if len(self.series) > self.vals.shape[0]:  # ... and a row of zeros here
             grow = np.zeros((len(self.series) - self.vals.shape[0], *self.vals.shape[1:]))
             self.vals = np.concatenate([self.vals, grow.astype(np.int64)])
         self.vals[:, idxs] = 0
         base = int(self.lo.timestamp())
-        for read, s in zip(parts, rows_of, strict=True):
-            f = read.rows
-            assert f is not None
+        for (read, f), s in zip(parts, rows_of, strict=True):
             h = (f["key"].to_numpy(dtype=np.int64) - base) // 3600
             v = f.iloc[:, 5 : 5 + len(read.cols)].fillna(0).to_numpy(dtype=np.int64)
             self.vals[s[:, None], h[:, None], np.array(read.cols)[None, :]] = v
@@ -207,6 +191,20 @@ class HourTable:
         self.fp[idxs] = reads[0].counts
         self.read[idxs] = True
         self._prefix.clear()
+
+    def _series_of(self, f: pd.DataFrame) -> Ints:
+        """Each row's series index, from its (pool, model, tenant) columns ``a, b, c``.
+
+        Rows are coded as one integer per distinct triple (a Python key per distinct
+        series, not per row: ~36k rows per 30-day read)."""
+        codes, names = zip(*(pd.factorize(f[c].to_numpy()) for c in "abc"), strict=True)
+        combined = (codes[0] * len(names[1]) + codes[1]) * len(names[2]) + codes[2]
+        keys, inverse = np.unique(combined, return_inverse=True)
+        ab, c = np.divmod(keys, len(names[2]))
+        a, b = np.divmod(ab, len(names[1]))
+        ids = [self.series.setdefault((names[0][i], names[1][j], names[2][k]), len(self.series))
+               for i, j, k in zip(a.tolist(), b.tolist(), c.tolist(), strict=True)]  # fmt: skip
+        return np.asarray(ids, dtype=np.int64)[inverse]
 
     def window(self, sel: Series, good: ColKey, total: ColKey, h: datetime, tm: datetime) -> Counts:
         """Sums of one selector's good and total columns over the held hours [h, tm)."""

@@ -204,17 +204,13 @@ _MINUTE_EDGE = (
 )
 
 
-# Edge minutes come from the per-minute rollup matching the SLO's hourly one, through its
-# minute-ordered projection (m0003, m0006): "these minute ranges of every series" is then
-# a few contiguous granules instead of one ~10 MB granule per series per range.
-
-
 def tables(slo: SLO) -> tuple[str, str]:
     """(per-minute, per-hour) rollups an SLO reads: pool-level unless it selects a tenant.
 
     The pool-level tables hold the same sums without the tenant dimension (one row per
     pool, model and minute or hour instead of one per tenant too), so the answer is
-    the same from fewer rows."""
+    the same from fewer rows. Both per-minute tables have a minute-ordered projection
+    (m0003, m0006), so the edge minutes of every series are a few contiguous granules."""
     suffix = "" if slo.selector.tenant else "_pool"
     return f"requests_1m{suffix}", f"requests_1h{suffix}"
 
