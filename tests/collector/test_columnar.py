@@ -21,7 +21,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -38,6 +37,7 @@ from collector.records import RequestRecord, as_row, columns
 from controlplane.ingest import IngestResult, OtlpIngest
 from controlplane.store.columns import to_arrow
 from controlplane.store.migrations import m0001_initial
+from tests.support.otlp_bodies import body_of
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -302,28 +302,6 @@ odd_text = st.one_of(
 )  # fmt: skip
 
 
-def any_value(v: Any) -> AnyValue:
-    if v is None:
-        return AnyValue()
-    if isinstance(v, bool):
-        return AnyValue(bool_value=v)
-    if isinstance(v, int):
-        return AnyValue(int_value=v)
-    if isinstance(v, float):
-        return AnyValue(double_value=v)
-    if isinstance(v, str):
-        return AnyValue(string_value=v)
-    if isinstance(v, bytes):
-        return AnyValue(bytes_value=v)
-    if isinstance(v, dict):
-        out = AnyValue()
-        out.kvlist_value.values.extend(KeyValue(key=k, value=any_value(x)) for k, x in v.items())
-        return out
-    out = AnyValue()
-    out.array_value.values.extend(any_value(x) for x in v)
-    return out
-
-
 def attrs(usual: bool) -> st.SearchStrategy[list[tuple[str, Any]]]:
     num = usual_number if usual else st.one_of(usual_number, usual_number, odd_number)
     txt = usual_text if usual else st.one_of(usual_text, usual_text, odd_text)
@@ -352,25 +330,6 @@ def spans(draw: Any, usual: bool) -> dict[str, Any]:
         "end": draw(TIMES),
         "attrs": draw(attrs(usual)),
     }
-
-
-def body_of(resources: list[tuple[list[tuple[str, Any]], list[dict[str, Any]]]]) -> bytes:
-    req = ExportTraceServiceRequest()
-    for res_attrs, span_list in resources:
-        rs = req.resource_spans.add()
-        for k, v in res_attrs:
-            rs.resource.attributes.add(key=k, value=any_value(v))
-        ss = rs.scope_spans.add()
-        for s in span_list:
-            sp = ss.spans.add(
-                name=s["name"], kind=s["kind"], trace_id=s["trace_id"], span_id=s["span_id"],
-                start_time_unix_nano=s["start"], end_time_unix_nano=s["end"],
-            )  # fmt: skip
-            sp.status.code = s["status"]
-            sp.status.message = s["message"]
-            for k, v in s["attrs"]:
-                sp.attributes.add(key=k, value=any_value(v))
-    return req.SerializeToString()
 
 
 def bodies(usual: bool) -> st.SearchStrategy[bytes]:

@@ -35,6 +35,7 @@ from controlplane.ingest import SERVICE, WRITER_SERVICE, build_otlp_ingest
 from controlplane.server import AppContext, build_context
 from controlplane.store.chdb_driver import ChdbStore
 from controlplane.store.migrate import migrate
+from tests.support.otlp_bodies import body_of
 
 VIEWER = "viewer-token-0123456789"
 PROTO = "application/x-protobuf"
@@ -227,7 +228,6 @@ def test_otlp_json_is_accepted_and_answered_in_json(shared):
 
 def test_usual_exports_are_decoded_in_line_and_large_ones_on_a_worker_thread(shared, monkeypatch):
     from controlplane.api.routes import otlp as route
-    from tests.collector.test_columnar import body_of
 
     offloaded: list[int] = []
     real = route.run_in_threadpool
