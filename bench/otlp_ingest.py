@@ -24,6 +24,7 @@ Stages, same payloads, one run (all but ``http`` on one core; stages 1-5 are the
    retried after 50 ms, as an exporter retries.
 
     .venv/bin/python -m bench.otlp_ingest [--spans 50000] [--batch 512] [--profile]
+    .venv/bin/python -m bench.otlp_ingest --http-batches 20000,100000  # stage 8 only
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -246,12 +248,17 @@ def _inserted(url: str) -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def stage_http(bodies: list[bytes], total: int, data_dir: Path, writer_batch: int) -> float:
+def stage_http(
+    bodies: list[bytes], total: int, data_dir: Path, writer_batch: int, queue_max: int = 0
+) -> float:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "GOVERNOR_API_TOKENS": TOKENS}
     config = data_dir / "governor.yaml"
-    config.write_text(CONFIG + f"writer:\n  batch_size: {writer_batch}\n")
+    writer = f"writer:\n  batch_size: {writer_batch}\n"
+    if queue_max:
+        writer += f"  queue_max: {queue_max}\n"
+    config.write_text(CONFIG + writer)
     cmd = [
         "taskset",
         "-c",
@@ -313,6 +320,23 @@ def stage_http(bodies: list[bytes], total: int, data_dir: Path, writer_batch: in
         log.close()
 
 
+def compare_http(bodies: list[bytes], n: int, tmp: Path, batches: list[int]) -> None:
+    """The HTTP stage at several writer batch sizes, alternating, each in a fresh store."""
+    results: dict[int, list[float]] = {b: [] for b in batches}
+    for r in range(REPEAT):
+        for b in batches:
+            d = tmp / f"http-{b}-{r}"
+            d.mkdir()
+            secs = stage_http(bodies, n, d, b, queue_max=5 * b)
+            results[b].append(n / secs)
+            print(f"  round {r + 1} batch {b:,}: {n / secs:,.0f} spans/s", flush=True)
+    print(f"{'writer batch':>12} {'queue_max':>10} {'median spans/s':>15} {'runs':>30}")
+    for b, rates in results.items():
+        runs = ", ".join(f"{x / 1000:.1f}k" for x in rates)
+        print(f"{b:>12,} {5 * b:>10,} {statistics.median(rates):>15,.0f} {runs:>30}")
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
 def profile(bodies: list[bytes], data_dir: Path) -> str:
     prof = cProfile.Profile()
     prof.enable()
@@ -332,6 +356,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--insert-batch", type=int, default=20_000, help="rows per insert_arrow")
     ap.add_argument("--writer-batch", type=int, default=20_000, help="serve's batch_size")
     ap.add_argument("--repeat", type=int, default=3, help="best of N for stages 1-5")
+    ap.add_argument(
+        "--http-batches",
+        help="only the HTTP stage, for each writer batch size in this comma-separated list"
+        " (queue_max 5x the batch), alternating, --repeat rounds",
+    )
     args = ap.parse_args(argv)
     global REPEAT
     REPEAT = max(args.repeat, 1)
@@ -346,6 +375,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" writer batch {args.writer_batch}"
     )
     tmp = Path(tempfile.mkdtemp(prefix="bench-otlp-"))
+    if args.http_batches:
+        try:
+            compare_http(bodies, n, tmp, [int(b) for b in args.http_batches.split(",")])
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return 0
     try:
         rows = [
             ("parse (upb only)", timed(lambda: stage_parse(bodies))),
