@@ -9,14 +9,17 @@ window starts at.
 
 Each cycle brings the held hours up to date:
 
-1. One check query for all tables: ``sum(requests)`` per hour over the hours asked for
-   (whole tables: the ``requests`` and ``hour`` columns only, ~10-20 ms). Every request
-   row adds 1 to its hour's ``requests``, so a held hour whose count differs from the
-   count taken when it was read has received rows since (ingest lag longer than the
-   evaluation offset, a backfill, any series): it is read again.
+1. One check query for all tables: ``sum(requests)`` and the row count per hour over the
+   hours asked for (whole tables: the ``requests`` and ``hour`` columns only, ~10-20 ms).
+   Every request row adds 1 to its hour's ``requests``, so a held hour whose count
+   differs from the count taken when it was read has received rows since (ingest lag
+   longer than the evaluation offset, a backfill, any series): it is read again.
 2. A read of the hours not held yet (all of them on the first cycle, the newly closed
-   hour after the hour turns) and of the changed ones. A long read (the first cycle)
-   runs one query per histogram, each for only the series whose SLOs use it.
+   hour after the hour turns) and of the changed ones. A long read of many rows (the
+   first cycle on a tenant-level table) runs one SELECT per histogram, each for only
+   the series whose SLOs use it; a read of few rows (a pool-level table: ~200 rows a
+   day) is one SELECT, since every SELECT costs 10-15 ms of analysis however little it
+   reads.
 
 So a cycle's answer is what an uncached read at the same moment would give. Hours older
 than the oldest window start asked for (less a day of slack) are dropped.
@@ -43,7 +46,8 @@ Ints = npt.NDArray[np.int64]
 _HOUR = timedelta(hours=1)
 _KEEP = timedelta(days=1)  # hours held before the oldest window start asked for
 _MAX_RUNS = 4  # more separate runs of hours to read: read their span, filtered by a set
-_SPLIT_HOURS = 24  # reads of more hours run one query per histogram column
+_SPLIT_HOURS = 24  # reads of more hours ...
+_SPLIT_ROWS = 65_536  # ... and more rows than this run one SELECT per histogram column
 _HIST = re.compile(r"\b\w+_hist\b")
 
 
@@ -133,17 +137,19 @@ class HourTable:
         self.lo, self.vals, self.fp, self.read = new_lo, vals, fp, read
         self._prefix.clear()
 
-    def reads(self, lo: datetime, counts: Ints) -> list[HourRead]:
+    def reads(self, lo: datetime, counts: Ints, rows: Ints | None = None) -> list[HourRead]:
         """What to read so that every hour from ``lo`` on is held as the store has it,
         given the table's request count per hour (``counts``, from the check): the hours
-        not held and those whose count changed. A long read (the first cycle) is one
-        part per histogram, each for only the series whose SLOs use it."""
+        not held and those whose count changed. A long read of many rows (``rows``: the
+        table's rows per hour) is one part per histogram, each for only the series
+        whose SLOs use it."""
         i0 = self._idx(lo)
         need = ~self.read[i0 : i0 + len(counts)] | (counts != self.fp[i0 : i0 + len(counts)])
         if not need.any():
             return []
         idxs = [i0 + int(k) for k in np.flatnonzero(need)]
-        if len(idxs) > _SPLIT_HOURS:
+        many = rows is None or int(rows[need].sum()) > _SPLIT_ROWS
+        if len(idxs) > _SPLIT_HOURS and many:
             groups: dict[str, list[int]] = {}
             for i, c in enumerate(self.cols):
                 groups.setdefault(_hist(c), []).append(i)
@@ -301,17 +307,18 @@ class HourCache:
             tables[name].cover(lo, tm)
             params[f"lo{k}"] = lo
             parts.append(
-                f"SELECT {k} AS t, toUnixTimestamp(hour) AS h, sum(requests) FROM {name}"
+                f"SELECT {k} AS t, toUnixTimestamp(hour) AS h, sum(requests), count() FROM {name}"
                 f" WHERE hour >= {{lo{k}:DateTime('UTC')}} AND hour < {{tm:DateTime('UTC')}}"
                 " GROUP BY h"
             )
         rows = store.query(" UNION ALL ".join(parts), params).rows
         self.queries += 1
         counts = [np.zeros(int((tm - lo) / _HOUR), dtype=np.int64) for _, lo in active]
-        for k, h, n in rows:
-            lo = active[k][1]
-            counts[k][(int(h) - int(lo.timestamp())) // 3600] = int(n)
+        nrows = [np.zeros_like(c) for c in counts]
+        for k, h, n, r in rows:
+            i = (int(h) - int(active[k][1].timestamp())) // 3600
+            counts[k][i], nrows[k][i] = int(n), int(r)
         reads = []
-        for (name, lo), c in zip(active, counts, strict=True):
-            reads += tables[name].reads(lo, c)
+        for (name, lo), c, r in zip(active, counts, nrows, strict=True):
+            reads += tables[name].reads(lo, c, r)
         return Reads(tables, reads, self)

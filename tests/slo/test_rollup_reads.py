@@ -12,9 +12,11 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
 import pytest
 
 from controlplane.clock import ManualClock, utc
+from controlplane.slo import hours
 from controlplane.slo.evaluate import Evaluation, Evaluator
 from controlplane.slo.sli import window_counts
 from controlplane.slo.spec import parse_slos
@@ -113,9 +115,12 @@ def _same(a: list[Evaluation], b: list[Evaluation]) -> None:
             y.slo, y.good, y.total, y.burn_rates, y.state)  # fmt: skip
 
 
+@pytest.mark.parametrize("split_rows", [None, 0], ids=["one-select", "select-per-histogram"])
 def test_held_hours_are_read_once_and_again_only_when_rows_arrive_late(
-    store: ChdbStore, now: float
+    store: ChdbStore, now: float, split_rows: int | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    if split_rows is not None:  # force the long read's split, which small tables skip
+        monkeypatch.setattr(hours, "_SPLIT_ROWS", split_rows)
     traffic(store, now, range(2, 400), per_min=4, bad=1, slow=1)
     specs = [
         {"name": "avail", "selector": {"pool": "chat"}, "sli": SLIS["availability"]},
@@ -167,3 +172,22 @@ def test_held_hours_are_read_once_and_again_only_when_rows_arrive_late(
     assert ev.latest["tenant"].total == total + 3
     clock.advance(10)
     assert cycle() == 0
+
+
+def test_a_long_read_is_split_per_histogram_only_when_it_covers_many_rows() -> None:
+    t0 = utc(1_700_000_000 - 1_700_000_000 % 3600)
+    lat = ("countIf(ttft_hist < {thr:UInt32})", "thr", 5)
+    tps = ("countIf(tps_hist >= {floor:UInt32})", "floor", 20)
+    total = ("sum(requests)", "", 0)
+    sel = frozenset({("chat", "", "")})
+    table = hours.HourTable("requests_1h_pool", {lat: sel, tps: sel, total: sel})
+    tm = t0 + timedelta(hours=720)
+    table.cover(t0, tm)
+    counts = np.full(720, 10, dtype=np.int64)
+
+    def parts(rows_per_hour: int) -> list[list[int]]:
+        rows = np.full(720, rows_per_hour, dtype=np.int64)
+        return [r.cols for r in table.reads(t0, counts, rows)]
+
+    assert parts(8) == [[0, 1, 2]]  # 5,760 rows: one SELECT, every column
+    assert sorted(parts(400)) == [[0], [1], [2]]  # 288,000 rows: one per histogram
