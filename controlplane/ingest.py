@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 SERVICE = "otlp_ingest"
 WRITER_SERVICE = "writer"
+CONCURRENCY_SERVICE = "concurrency"
 # At most this many mapping problems are quoted back in a partial-success message.
 _MAX_QUOTED = 3
 
@@ -269,12 +270,14 @@ def _receiver_token(cfg: GovernorConfig) -> str | None:
     return token
 
 
-def _pricer(cfg: GovernorConfig) -> Pricer | None:
+def _pricer(cfg: GovernorConfig, concurrency: Any = None) -> Pricer | None:
     try:
         from collector.pricing import Pricer as PricingPricer
     except ImportError:  # pricing not installed in this build
         return None
-    pricer: Pricer = PricingPricer.from_config(getattr(cfg, "pricing", None), cfg.pools)
+    pricer: Pricer = PricingPricer.from_config(
+        getattr(cfg, "pricing", None), cfg.pools, concurrency=concurrency
+    )
     return pricer
 
 
@@ -332,6 +335,24 @@ def shared_writer(ctx: AppContext) -> Sink:
 _writer = shared_writer  # the name controlplane.scraping imported first
 
 
+def shared_concurrency(ctx: AppContext) -> Any:
+    """The process's ``ConcurrencyTracker`` in front of the writer, created on first use.
+
+    The scraper emits through it, so it learns each replica's ``running`` gauge on its
+    way to the store, and the OTLP ingest's pricer asks it: a self-hosted request is
+    then charged its share of a replica that runs several at once, not the whole
+    replica (which overstates cost by the batch size). With no engine scraped for a
+    replica, or a reading older than two minutes, the request is charged in full."""
+    existing = ctx.services.get(CONCURRENCY_SERVICE)
+    if existing is not None:
+        return existing
+    from collector.pricing import ConcurrencyTracker
+
+    tracker = ConcurrencyTracker(shared_writer(ctx), clock=ctx.clock.monotonic)
+    ctx.services[CONCURRENCY_SERVICE] = tracker
+    return tracker
+
+
 @register_builder
 def build_otlp_ingest(ctx: AppContext) -> None:
     cfg = ctx.config
@@ -346,7 +367,7 @@ def build_otlp_ingest(ctx: AppContext) -> None:
     ctx.services[SERVICE] = OtlpIngest(
         writer,
         mapping=mapping_from_config(cfg),
-        pricer=_pricer(cfg),
+        pricer=_pricer(cfg, concurrency=shared_concurrency(ctx)),
         max_body_bytes=cfg.server.otlp_max_body_bytes,
         token=token,
         room=_room(ctx, writer),
@@ -361,5 +382,6 @@ __all__ = [
     "OtlpIngest",
     "build_otlp_ingest",
     "mapping_from_config",
+    "shared_concurrency",
     "shared_writer",
 ]

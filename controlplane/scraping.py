@@ -139,10 +139,12 @@ def scraper_from_config(cfg: GovernorConfig, sink: Sink, clock: Any = None) -> S
 
 
 def _writer(ctx: AppContext) -> Sink:
-    # One writer per serve process, shared with the OTLP ingest (built from ``writer:``).
-    from controlplane.ingest import shared_writer
+    # One writer per serve process, shared with the OTLP ingest (built from ``writer:``),
+    # reached through the tracker that lends the pricer each replica's concurrency.
+    from controlplane.ingest import shared_concurrency
 
-    return shared_writer(ctx)
+    sink: Sink = shared_concurrency(ctx)
+    return sink
 
 
 @register_builder
