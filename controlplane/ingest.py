@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -27,6 +27,9 @@ from collector.records import Sink
 from controlplane.config import GovernorConfig
 from controlplane.errors import ConfigError, GovernorError, Problem, QueryError
 from controlplane.server import AppContext, is_loopback, register_builder
+
+if TYPE_CHECKING:
+    from collector.pricing import ConcurrencySource, ConcurrencyTracker
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +273,7 @@ def _receiver_token(cfg: GovernorConfig) -> str | None:
     return token
 
 
-def _pricer(cfg: GovernorConfig, concurrency: Any = None) -> Pricer | None:
+def _pricer(cfg: GovernorConfig, concurrency: ConcurrencySource | None = None) -> Pricer | None:
     try:
         from collector.pricing import Pricer as PricingPricer
     except ImportError:  # pricing not installed in this build
@@ -335,7 +338,7 @@ def shared_writer(ctx: AppContext) -> Sink:
 _writer = shared_writer  # the name controlplane.scraping imported first
 
 
-def shared_concurrency(ctx: AppContext) -> Any:
+def shared_concurrency(ctx: AppContext) -> ConcurrencyTracker:
     """The process's ``ConcurrencyTracker`` in front of the writer, created on first use.
 
     The scraper emits through it, so it learns each replica's ``running`` gauge on its
@@ -343,7 +346,7 @@ def shared_concurrency(ctx: AppContext) -> Any:
     then charged its share of a replica that runs several at once, not the whole
     replica (which overstates cost by the batch size). With no engine scraped for a
     replica, or a reading older than two minutes, the request is charged in full."""
-    existing = ctx.services.get(CONCURRENCY_SERVICE)
+    existing: ConcurrencyTracker | None = ctx.services.get(CONCURRENCY_SERVICE)
     if existing is not None:
         return existing
     from collector.pricing import ConcurrencyTracker

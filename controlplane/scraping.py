@@ -143,8 +143,7 @@ def _writer(ctx: AppContext) -> Sink:
     # reached through the tracker that lends the pricer each replica's concurrency.
     from controlplane.ingest import shared_concurrency
 
-    sink: Sink = shared_concurrency(ctx)
-    return sink
+    return shared_concurrency(ctx)
 
 
 @register_builder

@@ -137,7 +137,7 @@ class HourTable:
         self.lo, self.vals, self.fp, self.read = new_lo, vals, fp, read
         self._prefix.clear()
 
-    def reads(self, lo: datetime, counts: Ints, rows: Ints | None = None) -> list[HourRead]:
+    def reads(self, lo: datetime, counts: Ints, rows: Ints) -> list[HourRead]:
         """What to read so that every hour from ``lo`` on is held as the store has it,
         given the table's request count per hour (``counts``, from the check): the hours
         not held and those whose count changed. A long read of many rows (``rows``: the
@@ -148,8 +148,7 @@ class HourTable:
         if not need.any():
             return []
         idxs = [i0 + int(k) for k in np.flatnonzero(need)]
-        many = rows is None or int(rows[need].sum()) > _SPLIT_ROWS
-        if len(idxs) > _SPLIT_HOURS and many:
+        if len(idxs) > _SPLIT_HOURS and int(rows[need].sum()) > _SPLIT_ROWS:
             groups: dict[str, list[int]] = {}
             for i, c in enumerate(self.cols):
                 groups.setdefault(_hist(c), []).append(i)
