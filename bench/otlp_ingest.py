@@ -45,6 +45,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -128,10 +129,17 @@ def stage_decode(bodies: list[bytes]) -> None:
 
 
 def pricer() -> Any:
-    """What serve builds from the bench config: the pool priced by GPU-hour."""
-    from collector.pricing import Pricer
+    """What serve builds from the bench config: the pool priced by GPU-hour, each request
+    charged its share of the replica's latest scraped ``running`` gauge (here 24)."""
+    from collector.pricing import ConcurrencyTracker, Pricer
+    from collector.records import ReplicaSample
 
-    return Pricer.from_config(None, [{"name": "chat-8b", "gpu_hour_usd": 2.49}])
+    tracker = ConcurrencyTracker()
+    tracker.emit([ReplicaSample(ts=datetime.now(UTC), pool="chat-8b", replica="chat-8b-0",
+                                running=24.0)])  # fmt: skip
+    return Pricer.from_config(
+        None, [{"name": "chat-8b", "gpu_hour_usd": 2.49}], concurrency=tracker
+    )
 
 
 CONFIG = (
