@@ -53,10 +53,20 @@ class _Embedded:
         os.pwrite(self._lock_fd, str(os.getpid()).encode(), 0)
         try:
             # chdb ships no type hints; keep the untyped object behind this class.
-            self.session: Any = chs.Session(str(path))  # type: ignore[no-untyped-call]
+            session: Any = chs.Session(str(path))  # type: ignore[no-untyped-call]
+            # chDB loads a part's marks in a 50-thread pool, one task per marks file. The
+            # first reads after a start (hundreds of files) then pay for the tasks and
+            # threads on a few cores; loading in the reading thread made the first SLO
+            # cycle ~100 ms faster at 100M rows (docs/ARCHITECTURE.md).
+            try:
+                session.query("SET load_marks_asynchronously = 0", "CSV")
+            except Exception:
+                session.close()
+                raise
         except Exception as exc:
             self._release()
             raise StoreUnavailable(f"cannot open embedded store at {path}: {exc}") from exc
+        self.session = session
         self.lock = threading.RLock()
         self.current_db: str | None = None
         self.current_timeout: float = 0
