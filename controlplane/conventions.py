@@ -17,6 +17,7 @@ REPLICA_SAMPLES = "replica_samples"
 ACTIONS = "actions"
 ALERT_EVENTS = "alert_events"
 SLO_EVALUATIONS = "slo_evaluations"
+SLO_HOUR_STATE = "slo_hour_state"  # held hours saved across restarts (m0007)
 SCHEMA_MIGRATIONS = "schema_migrations"
 
 # Environment variables.

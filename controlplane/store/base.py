@@ -57,6 +57,11 @@ class Store(Protocol):
 
     def query_df(self, sql: str, params: Mapping[str, Any] | None = None) -> pd.DataFrame: ...
 
+    def query_arrow(self, sql: str, params: Mapping[str, Any] | None = None) -> pa.Table:
+        """The result as Arrow: array columns stay columnar (``query_df`` makes an object
+        per cell, ~100 ms for 1,500 rows of arrays)."""
+        ...
+
     def insert_rows(
         self,
         table: str,

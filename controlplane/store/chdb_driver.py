@@ -214,8 +214,11 @@ class ChdbStore(TypedInserts):
             self._types.clear()
 
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> QueryResult:
+        return result_from_arrow(self.query_arrow(sql, params))
+
+    def query_arrow(self, sql: str, params: Mapping[str, Any] | None = None) -> pa.Table:
         table: pa.Table = self._raw(sql, params, "ArrowTable")
-        return result_from_arrow(table)
+        return table
 
     def query_df(self, sql: str, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
         df: pd.DataFrame = self._raw(sql, params, "DataFrame")

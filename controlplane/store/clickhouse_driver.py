@@ -168,6 +168,9 @@ class ClickHouseStore(TypedInserts):
         df: pd.DataFrame = self._arrow(sql, params).to_pandas()
         return df
 
+    def query_arrow(self, sql: str, params: Mapping[str, Any] | None = None) -> pa.Table:
+        return self._arrow(sql, params)
+
     def insert_df(self, table: str, df: pd.DataFrame, *, dedup_token: str | None = None) -> None:
         if df.empty:
             return

@@ -59,6 +59,8 @@ def arrow_type(ch_type: str) -> pa.DataType:
     if t.startswith("Map("):
         key, value = _split_args(t[len("Map(") : -1])
         return pa.map_(arrow_type(key), arrow_type(value))
+    if t.startswith("Array("):
+        return pa.list_(arrow_type(t[len("Array(") : -1]))
     if m := _DECIMAL.match(t):
         # Exact decimals: a float64 detour would truncate (1.000000007 -> 1.000000006).
         if m.group(1):
@@ -129,6 +131,9 @@ def _converter(typ: pa.DataType) -> Callable[[Any], Any] | None:
             return [(kc(k) if kc else k, vc(v) if vc else v) for k, v in items]
 
         return conv_map
+    if pa.types.is_list(typ):
+        ic = _converter(typ.value_type)
+        return None if ic is None else (lambda v: [None if x is None else ic(x) for x in v])
     if pa.types.is_decimal(typ):
         return _to_decimal(typ)
     if pa.types.is_floating(typ):

@@ -59,6 +59,9 @@ def sample(ch_type: str, i: int) -> tuple[Any, Any]:
         (k1, ek1), (v1, ev1) = sample(kt, i), sample(vt, 0)
         (k2, ek2), (v2, ev2) = sample(kt, i + 1), sample(vt, 2)
         return {k1: v1, k2: v2}, [(ek1, ev1), (ek2, ev2)]
+    if t.startswith("Array("):
+        pairs = [sample(t[len("Array(") : -1], i + k) for k in range(i % 3)]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
     if m := re.match(r"^Decimal\((\d+), (\d+)\)$", t):
         v = Decimal("1.000000007") + i if int(m.group(2)) >= 9 else Decimal(i) + Decimal("0.5")
         return v, v
@@ -209,6 +212,17 @@ def test_rollups_and_dataframes_read_back_identically_through_both_drivers(
     # Values agree; dtypes may not (chDB's own DataFrame output vs Arrow's, see STORE.md).
     pd.testing.assert_frame_equal(frames[0], frames[1], check_dtype=False)
     assert list(frames[1]["input_tokens"]) == list(range(100, 140))
+    # Array columns come back columnar from query_arrow (the saved SLO hours' read).
+    arrows = []
+    for s in (store, ch_store):
+        row = ("requests_1h", "sig", BASE.replace(microsecond=0), 5, ["chat"], ["m"], ["t0"],
+               [3, -4], BASE)  # fmt: skip
+        names = ["source", "signature", "hour", "requests", "pools", "models", "tenants",
+                 "vals", "saved_at"]  # fmt: skip
+        s.insert_rows(cv.SLO_HOUR_STATE, names, [row])
+        arrows.append(s.query_arrow(f"SELECT pools, vals, requests FROM {cv.SLO_HOUR_STATE}"))
+    assert arrows[0].to_pylist() == arrows[1].to_pylist()
+    assert arrows[0].to_pylist() == [{"pools": ["chat"], "vals": [3, -4], "requests": 5}]
 
 
 _S = "it's\ta\nb\\c"
