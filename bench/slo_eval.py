@@ -3,10 +3,12 @@
 Governor's cycle (``Evaluator.run_once``: every window the tiers use plus the SLO
 window, for all SLOs, from the rollups; results written to ``slo_evaluations``) beside
 the same SLIs computed by raw scan of ``requests`` (one query per SLO with the same
-conditional sums, so the only difference is rollups vs raw rows). Three kinds of cycle:
-cold (the first after a start: every whole hour of the windows is read), warm (the next
-ones: edge minutes and a check of the held hours), hour turn (the first after the hour
-turns, with a warm cache: plus the newly closed hour). The raw results also check the
+conditional sums, so the only difference is rollups vs raw rows). Four kinds of cycle:
+first (the first ever for these SLOs: nothing saved, every whole hour of the windows is
+read), warm (the next ones: edge minutes and a check of the held hours), hour turn (the
+first after the hour turns, with a warm cache: plus the newly closed hour), restart (the
+first cycle of a fresh process, ``--restarts`` times: the held hours come from
+``slo_hour_state``, saved by the cycles before). The raw results also check the
 counts of a cycle at the same instant: for two-significant-digit thresholds they must
 agree exactly.
 
@@ -23,6 +25,8 @@ import argparse
 import json
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -129,7 +133,9 @@ def _cycle(ev: Evaluator) -> tuple[float, list[Any]]:
     return time.perf_counter() - t0, results
 
 
-def hour_turns(store: ChdbStore, slos: list[SLO], last_minute: float, turns: int) -> list[float]:
+def hour_turns(
+    store: ChdbStore, slos: list[SLO], last_minute: float, turns: int, save: bool
+) -> list[float]:
     """Cycles right after the hour turns, as a running system sees them: an evaluator
     warmed ten minutes before each of the last ``turns`` hour boundaries of the data,
     then its first cycle whose ``until`` (now - 1m offset) reaches the boundary."""
@@ -138,13 +144,40 @@ def hour_turns(store: ChdbStore, slos: list[SLO], last_minute: float, turns: int
     for k in range(turns):
         turn = last_turn - 3600 * k
         clock = ManualClock(turn - 600 + 67)
-        ev = Evaluator(store, slos, clock=clock)
+        ev = Evaluator(store, slos, clock=clock, save_hours=save)
         _cycle(ev)  # cold
         clock.advance(10)
         _cycle(ev)  # warm
         clock.set(turn + 60 + 7)  # until = floor_minute(now - 1m) = the turn
         out.append(_cycle(ev)[0])
     return out
+
+
+def restarts(args: argparse.Namespace, now: float) -> tuple[list[float], list[dict[str, Any]]]:
+    """First cycles of fresh processes (the parent must have closed the store): their
+    times and their (good, total) per SLO."""
+    times, counts = [], []
+    for _ in range(args.restarts):
+        cmd = [sys.executable, "-m", "bench.slo_eval", "--dir", args.dir, "--database",
+               args.database, "--slos", str(args.slos), "--restart-at", repr(now),
+               "--saved-hours" if args.saved_hours else "--no-saved-hours"]  # fmt: skip
+        line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        got = json.loads(line.strip().splitlines()[-1])
+        times.append(float(got["cycle_s"]))
+        counts.append(got["counts"])
+    return times, counts
+
+
+def restart_cycle(args: argparse.Namespace) -> None:
+    """``--restart-at``: open the store as a process start does, time one cycle."""
+    store = ChdbStore(args.dir, database=args.database)
+    migrate(store)
+    store.query("SELECT count(), min(ts), max(ts) FROM requests")
+    slos = parse_slos({"slos": slo_specs(args.slos)}, "bench")
+    ev = Evaluator(store, slos, clock=ManualClock(args.restart_at), save_hours=args.saved_hours)
+    dt, results = _cycle(ev)
+    store.close()
+    print(json.dumps({"cycle_s": dt, "counts": {r.slo: [r.good, r.total] for r in results}}))
 
 
 def main() -> None:
@@ -156,8 +189,15 @@ def main() -> None:
     ap.add_argument("--turns", type=int, default=3, help="hour-turn cycles measured")
     ap.add_argument("--raw-slos", type=int, default=0, help="raw-scan only this many (0: all)")
     ap.add_argument("--generate", type=int, default=0, help="rows to generate if empty")
+    ap.add_argument("--restarts", type=int, default=3, help="fresh processes timed")
+    ap.add_argument("--saved-hours", action=argparse.BooleanOptionalAction, default=True,
+                    help="save held hours for restarts (off: every start reads them)")  # fmt: skip
+    ap.add_argument("--restart-at", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--out", default="bench/results/slo_eval.json")
     args = ap.parse_args()
+    if args.restart_at is not None:
+        restart_cycle(args)
+        return
 
     load_start = _load()
     store = ChdbStore(args.dir, database=args.database)
@@ -168,14 +208,15 @@ def main() -> None:
         rows, lo, hi = store.query("SELECT count(), min(ts), max(ts) FROM requests").rows[0]
     print(f"dataset: {rows:,} request rows from {lo} to {hi}; load {load_start}")
     store.command("TRUNCATE TABLE IF EXISTS slo_evaluations")
+    store.command("TRUNCATE TABLE IF EXISTS slo_hour_state")  # cycle 0: the first ever
     slos = parse_slos({"slos": slo_specs(args.slos)}, "bench")
     # Evaluate as of the data's end, so every window holds traffic.
     last_minute = (hi.timestamp() // 60) * 60
     now = last_minute + 60.0
     clock = ManualClock(now)
-    ev = Evaluator(store, slos, clock=clock)
+    ev = Evaluator(store, slos, clock=clock, save_hours=args.saved_hours)
 
-    # Cycle 0 starts with an empty cache (a process start); the others are warm.
+    # Cycle 0 starts with nothing held or saved (new SLOs); the others are warm.
     cycle_s: list[float] = []
     by_until: dict[datetime, list[Any]] = {}
     for _ in range(args.cycles):
@@ -186,8 +227,13 @@ def main() -> None:
     errors = [r for r in results if r.state == "error"]
     print(f"governor cycles ({len(slos)} SLOs; first cold): "
           + ", ".join(f"{s:.3f}s" for s in cycle_s))  # fmt: skip
-    turn_s = hour_turns(store, slos, last_minute, args.turns)
+    turn_s = hour_turns(store, slos, last_minute, args.turns, args.saved_hours)
     print("hour-turn cycles (warm cache, new hour read): " + ", ".join(f"{s:.3f}s" for s in turn_s))
+    store.close()  # one process per data directory: the restarts open it
+    restart_s, restart_counts = restarts(args, now)
+    print(f"restart cycles (fresh processes, {'saved' if args.saved_hours else 'no saved'} "
+          "hours): " + ", ".join(f"{s:.3f}s" for s in restart_s))  # fmt: skip
+    store = ChdbStore(args.dir, database=args.database)
 
     raw_slos = slos[: args.raw_slos] if args.raw_slos else slos
     until = utc(now - 60).replace(second=0)
@@ -200,27 +246,38 @@ def main() -> None:
         if (gov.good, gov.total) != raw["window"]:
             mismatches.append((slo.name, (gov.good, gov.total), raw["window"]))
     raw_s = (time.perf_counter() - t0) * len(slos) / len(raw_slos)
+    # A restart must give what the running evaluator gave at the same instant.
+    restart_mismatches = [(name, got, [cycled[name].good, cycled[name].total])
+                          for c in restart_counts for name, got in c.items()
+                          if got != [cycled[name].good, cycled[name].total]]  # fmt: skip
     load_end = _load()
     cold = cycle_s[0]
     med = statistics.median(cycle_s[1:]) if len(cycle_s) > 1 else cold
     worst_turn = max(turn_s) if turn_s else float("nan")
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report = {
-        "rows": rows, "slos": len(slos), "cycles": cycle_s, "cold_cycle_s": cold,
+        "rows": rows, "slos": len(slos), "saved_hours": args.saved_hours,
+        "cycles": cycle_s, "cold_cycle_s": cold,
         "median_warm_cycle_s": med, "max_warm_cycle_s": max(cycle_s[1:], default=cold),
         "hour_turn_cycles_s": turn_s, "raw_cycle_s": raw_s, "raw_slos_scanned": len(raw_slos),
         "speedup_warm": raw_s / med, "speedup_cold": raw_s / cold,
-        "speedup_hour_turn": raw_s / worst_turn,
+        "speedup_hour_turn": raw_s / worst_turn, "restart_cycles_s": restart_s,
+        "speedup_restart": raw_s / max(restart_s) if restart_s else None,
+        "restart_mismatches": restart_mismatches,
         "mismatches": mismatches, "errors": [e.error for e in errors],
         "peak_rss_mib": peak_mib, "at": utc(now).isoformat(),
         "load_start": load_start, "load_end": load_end,
     }  # fmt: skip
     print(f"raw-scan cycle: {raw_s:.2f}s ({len(raw_slos)} SLOs scanned); speedup "
           f"{raw_s / med:.0f}x warm (median {med:.3f}s), {raw_s / worst_turn:.0f}x hour turn "
-          f"(worst {worst_turn:.3f}s), {raw_s / cold:.0f}x cold ({cold:.3f}s); window-count "
-          f"mismatches: {len(mismatches)}; peak RSS {peak_mib:.0f} MiB; "
+          f"(worst {worst_turn:.3f}s), {raw_s / cold:.0f}x first cycle ({cold:.3f}s), "
+          + (f"{raw_s / max(restart_s):.0f}x restart (worst {max(restart_s):.3f}s)"
+             if restart_s else "no restarts")
+          + "; window-count "
+          f"mismatches: {len(mismatches)}, restart mismatches: {len(restart_mismatches)}; "
+          f"peak RSS {peak_mib:.0f} MiB; "
           f"load {load_start} -> {load_end}")  # fmt: skip
-    for m in mismatches[:10]:
+    for m in (mismatches + restart_mismatches)[:10]:
         print("  mismatch", m)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2, default=str))

@@ -30,6 +30,7 @@ from controlplane.slo.burn import (
     tier_states,
     time_to_exhaustion,
 )
+from controlplane.slo.hour_state import HourState
 from controlplane.slo.hours import HourCache
 from controlplane.slo.rules import signals_for
 from controlplane.slo.sli import occurrences_many, window_counts
@@ -164,6 +165,7 @@ class Evaluator:
         external_url: str = "",
         alerts: Callable[[], AlertSink | None] | None = None,
         max_pending_rows: int = 100_000,
+        save_hours: bool = True,
     ) -> None:
         self.store = store
         self.slos = {s.name: s for s in slos}
@@ -173,7 +175,7 @@ class Evaluator:
         self._pending: deque[tuple[Any, ...]] = deque(maxlen=max_pending_rows)
         self._lock = threading.Lock()
         self.latest: dict[str, Evaluation] = {}
-        self.hours = HourCache()
+        self.hours = HourCache(HourState() if save_hours else None)
         self.cycles = 0
         self.last_error = ""
 

@@ -22,15 +22,19 @@ Each cycle brings the held hours up to date:
    reads.
 
 So a cycle's answer is what an uncached read at the same moment would give. Hours older
-than the oldest window start asked for (less a day of slack) are dropped.
+than the oldest window start asked for (less a day of slack) are dropped. With ``saved``
+(``hour_state.HourState``), a table new to the process first takes the hours an earlier
+process saved, before the check, which vets them like any held hour; hours read are
+saved in turn.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -108,6 +112,7 @@ class HourTable:
         self.fp: Ints = np.zeros(0, dtype=np.int64)  # sum(requests) per hour when read
         self.read: npt.NDArray[np.bool_] = np.zeros(0, dtype=bool)
         self._prefix: dict[Series, Ints] = {}
+        self.restored = False  # saved hours looked up (HourCache.saved)
 
     def holds(self, uses: Mapping[ColKey, frozenset[Series]]) -> bool:
         return all(c in self.uses and s <= self.uses[c] for c, s in uses.items())
@@ -182,9 +187,7 @@ class HourTable:
         idxs = reads[0].idxs
         parts = [(r, r.rows) for r in reads if r.rows is not None and not r.rows.empty]
         rows_of = [self._series_of(f) for _, f in parts]  # new series get an index here
-        if len(self.series) > self.vals.shape[0]:  # ... and a row of zeros here
-            grow = np.zeros((len(self.series) - self.vals.shape[0], *self.vals.shape[1:]))
-            self.vals = np.concatenate([self.vals, grow.astype(np.int64)])
+        self._grow()  # ... and a row of zeros here
         self.vals[:, idxs] = 0
         base = int(self.lo.timestamp())
         for (read, f), s in zip(parts, rows_of, strict=True):
@@ -196,6 +199,47 @@ class HourTable:
         self.fp[idxs] = reads[0].counts
         self.read[idxs] = True
         self._prefix.clear()
+
+    def restore(self, rows: HourRows) -> list[int]:
+        """Take saved hours that fall in the held range and are not held yet; returns
+        their indexes. The next check re-reads any whose count has changed since."""
+        assert self.lo is not None
+        if rows.vals.shape != (len(rows.names), len(self.cols)):
+            raise ValueError(f"{rows.vals.shape} saved values for {len(rows.names)} series "
+                             f"x {len(self.cols)} columns")  # fmt: skip
+        i = (rows.hours - int(self.lo.timestamp())) // 3600
+        take = (i >= 0) & (i < len(self.fp))
+        take[take] = ~self.read[i[take]]
+        per_hour = np.diff(rows.offsets)
+        entries = np.repeat(take, per_hour)
+        ids = np.array([self.series.setdefault(key, len(self.series)) for key in rows.names],
+                       dtype=np.int64)  # fmt: skip
+        self._grow()
+        self.vals[ids[entries], np.repeat(i, per_hour)[entries]] = rows.vals[entries]
+        self.fp[i[take]], self.read[i[take]] = rows.counts[take], True
+        self._prefix.clear()
+        return [int(k) for k in i[take]]
+
+    def saved(self, idxs: Sequence[int]) -> HourRows:
+        """Held hours ``idxs`` as ``restore`` takes them back (the series with any value)."""
+        assert self.lo is not None
+        names: list[Series] = [("", "", "")] * len(self.series)
+        for key, k in self.series.items():
+            names[k] = key
+        idx = np.asarray(idxs, dtype=np.int64)
+        v = self.vals[:, idx, :].transpose(1, 0, 2)  # [hour, series, column]
+        keep = v.any(axis=2)
+        hi, si = np.nonzero(keep)
+        offsets = np.zeros(len(idx) + 1, dtype=np.int64)
+        np.cumsum(keep.sum(axis=1), out=offsets[1:])
+        return HourRows(int(self.lo.timestamp()) + 3600 * idx, self.fp[idx].copy(), offsets,
+                        [names[k] for k in si.tolist()], v[hi, si])  # fmt: skip
+
+    def _grow(self) -> None:
+        """A row of zeros for each series added since the arrays were laid out."""
+        if len(self.series) > self.vals.shape[0]:
+            grow = np.zeros((len(self.series) - self.vals.shape[0], *self.vals.shape[1:]))
+            self.vals = np.concatenate([self.vals, grow.astype(np.int64)])
 
     def _series_of(self, f: pd.DataFrame) -> Ints:
         """Each row's series index, from its (pool, model, tenant) columns ``a, b, c``.
@@ -222,6 +266,19 @@ class HourTable:
         a, b = self._idx(h), self._idx(tm)
         g, n = self.col_index[good], self.col_index[total]
         return Counts(int(p[b, g] - p[a, g]), int(p[b, n] - p[a, n]))
+
+
+@dataclass(frozen=True)
+class HourRows:
+    """Held hours as saved: hour ``hours[k]`` (unix seconds) had ``counts[k]`` requests
+    when read; its series are ``names[offsets[k]:offsets[k + 1]]`` (those with any
+    value) and ``vals`` has their values, a row per series and a column per column."""
+
+    hours: Ints
+    counts: Ints
+    offsets: Ints
+    names: list[Series]
+    vals: Ints
 
 
 class HourRead:
@@ -251,11 +308,25 @@ class HourRead:
         self.rows = rows.set_axis(["part", "a", "b", "c", "key", *rows.columns[5:]], axis=1)
 
 
+class SavedHours(Protocol):
+    """Held hours kept outside the process (``hour_state.HourState``)."""
+
+    def load(self, store: Store, tables: Sequence[tuple[HourTable, datetime, datetime]]) -> None:
+        """Restore saved hours of ``[lo, tm)`` into each table; never raises."""
+        ...
+
+    def save(self, store: Store, reads: Sequence[tuple[HourTable, list[int]]]) -> None:
+        """Keep hours ``idxs`` of each table as just read; never raises."""
+        ...
+
+
 class Reads:
     """The reads a cycle needs; ``finish`` stores their rows once the statement ran."""
 
-    def __init__(self, tables: dict[str, HourTable], parts: list[HourRead], cache: HourCache):
-        self.tables, self.parts, self.cache = tables, parts, cache
+    def __init__(
+        self, tables: dict[str, HourTable], parts: list[HourRead], cache: HourCache, store: Store
+    ) -> None:
+        self.tables, self.parts, self.cache, self.store = tables, parts, cache, store
 
     def finish(self) -> dict[str, HourTable]:
         by_table: dict[str, list[HourRead]] = {}
@@ -264,16 +335,21 @@ class Reads:
         for name, reads in by_table.items():
             self.tables[name].store_reads(reads)
             self.cache.hours_read += len(reads[0].idxs)
+        if self.cache.saved is not None and by_table:
+            done = [(self.tables[name], reads[0].idxs) for name, reads in by_table.items()]
+            self.cache.saved.save(self.store, done)
         if self.parts:
             self.cache.queries += 1
         return self.tables
 
 
 class HourCache:
-    """Held hours of every hourly rollup table the SLOs read (see the module doc)."""
+    """Held hours of every hourly rollup table the SLOs read (see the module doc);
+    with ``saved``, a new table starts from the hours saved by earlier processes."""
 
-    def __init__(self) -> None:
+    def __init__(self, saved: SavedHours | None = None) -> None:
         self._tables: dict[str, HourTable] = {}
+        self.saved = saved
         self.hours_read = 0  # hours read from the store, per table (a 30-day read: 720)
         self.queries = 0  # store queries made (checks and reads)
 
@@ -299,17 +375,24 @@ class HourCache:
         tables = {name: self.table(name, uses) for name, (uses, _) in wanted.items()}
         active = [(name, lo) for name, (_, lo) in wanted.items() if lo < tm]
         if not active:
-            return Reads(tables, [], self)
+            return Reads(tables, [], self, store)
         params: dict[str, Any] = {"tm": tm}
         parts = []
+        fresh = []
         for k, (name, lo) in enumerate(active):
-            tables[name].cover(lo, tm)
+            table = tables[name]
+            table.cover(lo, tm)
+            if not table.restored:
+                table.restored = True  # once per table: later hours come from reads
+                fresh.append((table, lo, tm))
             params[f"lo{k}"] = lo
             parts.append(
                 f"SELECT {k} AS t, toUnixTimestamp(hour) AS h, sum(requests), count() FROM {name}"
                 f" WHERE hour >= {{lo{k}:DateTime('UTC')}} AND hour < {{tm:DateTime('UTC')}}"
                 " GROUP BY h"
             )
+        if self.saved is not None and fresh:  # before the check, which then vets them
+            self.saved.load(store, fresh)
         rows = store.query(" UNION ALL ".join(parts), params).rows
         self.queries += 1
         counts = [np.zeros(int((tm - lo) / _HOUR), dtype=np.int64) for _, lo in active]
@@ -320,4 +403,4 @@ class HourCache:
         reads = []
         for (name, lo), c, r in zip(active, counts, nrows, strict=True):
             reads += tables[name].reads(lo, c, r)
-        return Reads(tables, reads, self)
+        return Reads(tables, reads, self, store)

@@ -61,6 +61,10 @@ class SpyStore:
         self.sql.append(sql)
         return self.inner.query_df(sql, params)
 
+    def query_arrow(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
+        self.sql.append(sql)
+        return self.inner.query_arrow(sql, params)
+
     def insert_rows(self, table: str, columns: Sequence[str], rows: Any, **kw: Any) -> None:
         if self.down:
             raise StoreUnavailable("store unavailable: connection refused")
@@ -274,11 +278,16 @@ def test_the_sli_path_reads_rollups_never_raw_requests(store: ChdbStore, now) ->
     ev.run_once()
     # every cycle: the held hours' check, one statement reading the edge minutes of the
     # three occurrences SLOs (and on the first cycle 30 days of hours), one query for the
-    # time-slice SLO; whatever the number of SLOs and windows
-    assert len(spy.sql) == 3
+    # time-slice SLO; whatever the number of SLOs and windows. The first cycle also
+    # looks up hours saved by an earlier process (the schema version, the saved rows).
+    saved = [q for q in spy.sql if "slo_hour_state" in q or "schema_migrations" in q]
+    assert len(saved) == 2
+    assert len(spy.sql) == 2 + 3
     ev.run_once()
-    assert len(spy.sql) == 3 + 3
+    assert len(spy.sql) == 2 + 3 + 3
     for sql in spy.sql:
+        if sql in saved:
+            continue
         assert not re.search(r"\bFROM\s+requests\b(?!_)", sql), sql
         assert "requests_1m" in sql or "requests_1h" in sql
 

@@ -13,9 +13,11 @@ from datetime import timedelta
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from controlplane.clock import ManualClock, utc
+from controlplane.errors import StoreUnavailable
 from controlplane.slo import hours
 from controlplane.slo.evaluate import Evaluation, Evaluator
 from controlplane.slo.sli import window_counts
@@ -60,6 +62,10 @@ class SpyStore:
     def query_df(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
         self.tables |= set(_FROM.findall(sql))
         return self.inner.query_df(sql, params)
+
+    def query_arrow(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
+        self.tables |= set(_FROM.findall(sql))
+        return self.inner.query_arrow(sql, params)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -137,7 +143,8 @@ def test_held_hours_are_read_once_and_again_only_when_rows_arrive_late(
         """One cycle; checks it equals an evaluator without held hours; hours read."""
         before = ev.hours.hours_read
         got = ev.run_once()
-        _same(got, Evaluator(store, slos, clock=ManualClock(clock.now())).run_once())
+        uncached = Evaluator(store, slos, clock=ManualClock(clock.now()), save_hours=False)
+        _same(got, uncached.run_once())
         return ev.hours.hours_read - before
 
     cold = cycle()
@@ -172,6 +179,89 @@ def test_held_hours_are_read_once_and_again_only_when_rows_arrive_late(
     assert ev.latest["tenant"].total == total + 3
     clock.advance(10)
     assert cycle() == 0
+
+
+def _specs(threshold_s: float = 0.5) -> list[Any]:
+    latency = {**SLIS["latency"], "threshold_s": threshold_s}
+    specs = [
+        {"name": "avail", "selector": {"pool": "chat"}, "sli": SLIS["availability"]},
+        {"name": "lat", "selector": {"pool": "chat"}, "sli": latency},
+        {"name": "tenant", "selector": {"pool": "chat", "tenant": "acme"}, "sli": latency},
+    ]
+    return parse_slos({"slos": [{"objective": 99, "window": "30d", **x} for x in specs]}, "t")
+
+
+def _restart(store: ChdbStore, slos: list[Any], at: float) -> tuple[Evaluator, int]:
+    """A new process's evaluator: its first cycle, checked against an uncached one."""
+    ev = Evaluator(store, slos, clock=ManualClock(at))
+    got = ev.run_once()
+    _same(got, Evaluator(store, slos, clock=ManualClock(at), save_hours=False).run_once())
+    return ev, ev.hours.hours_read
+
+
+def test_a_restart_takes_the_saved_hours_and_reads_only_those_changed_since(
+    store: ChdbStore, now: float
+) -> None:
+    traffic(store, now, range(2, 400), per_min=4, bad=1, slow=1)
+    slos = _specs()
+    first, cold = _restart(store, slos, now)
+    assert cold >= 2 * 700  # 30 days of hours, pool- and tenant-level
+    # While no Governor runs, rows arrive for two hours it had read (a backfill).
+    traffic(store, now, range(150, 151), per_min=40, bad=40)
+    traffic(store, now, range(330, 331), per_min=3, slow=3)
+    second, read = _restart(store, slos, now + 20)
+    assert read == 2 * 2  # those two hours, in both tables; the rest was saved
+    assert second.latest["avail"].total == first.latest["avail"].total + 43
+    assert second.hours.saved is not None and second.hours.saved.loaded >= 2 * 700 - 4
+    # The hours it re-read were saved again: the next start reads nothing.
+    _, read = _restart(store, slos, now + 40)
+    assert read == 0
+
+
+def test_saved_hours_of_other_columns_are_not_used(store: ChdbStore, now: float) -> None:
+    traffic(store, now, range(2, 400), per_min=4, bad=1, slow=1)
+    _restart(store, _specs(threshold_s=0.5), now)
+    # Another threshold is another column: its hours come from the rollups (and the
+    # result from them, not from the 0.5 s sums); the unchanged availability SLO's
+    # columns share the table, so the table's hours are read again as a whole.
+    ev, read = _restart(store, _specs(threshold_s=0.95), now + 20)
+    assert read >= 2 * 700
+    assert ev.latest["lat"].good == ev.latest["lat"].total  # 900 ms is under 0.95 s
+
+
+def test_unusable_saved_hours_are_read_again_and_said_so(
+    store: ChdbStore, now: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    traffic(store, now, range(2, 400), per_min=4, bad=1, slow=1)
+    slos = _specs()
+    _restart(store, slos, now)
+    # A newer saved row for one hour whose values do not fit its series and columns.
+    rows = store.query_df("SELECT * FROM slo_hour_state FINAL ORDER BY hour DESC LIMIT 1")
+    bad = rows.assign(vals=[[1, 2, 3]], saved_at=pd.Timestamp.now(tz="UTC"))
+    store.insert_df("slo_hour_state", bad)
+    with caplog.at_level("WARNING", logger="controlplane.slo.hour_state"):
+        _, read = _restart(store, slos, now + 20)
+    assert read >= 700  # that table's hours all come from the rollups
+    assert "not loaded (they are read again)" in caplog.text
+    assert "saved values do not fit their series" in caplog.text
+
+
+def test_a_failed_save_is_logged_and_costs_the_next_start_a_read(
+    store: ChdbStore, now: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    traffic(store, now, range(2, 400), per_min=4, bad=1, slow=1)
+    slos = _specs()
+
+    class NoSave(SpyStore):
+        def insert_arrow(self, table: str, data: Any, **kw: Any) -> None:
+            raise StoreUnavailable("store unavailable: connection refused")
+
+    with caplog.at_level("WARNING", logger="controlplane.slo.hour_state"):
+        got = Evaluator(NoSave(store), slos, clock=ManualClock(now)).run_once()  # type: ignore[arg-type]
+    assert "not saved (a restart reads them again)" in caplog.text
+    _same(got, Evaluator(store, slos, clock=ManualClock(now), save_hours=False).run_once())
+    _, read = _restart(store, slos, now + 20)
+    assert read >= 2 * 700
 
 
 def test_a_long_read_is_split_per_histogram_only_when_it_covers_many_rows() -> None:

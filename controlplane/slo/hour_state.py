@@ -1,0 +1,140 @@
+"""Held hours saved in the store (``slo_hour_state``), so a restart reads only what changed.
+
+Without this, the first cycle after every process start reads 30 days of hourly rollups
+(the slowest cycle by far: histogram maps of every hour). After a cycle reads hours,
+``HourState.save`` writes one row per table and hour read. A new ``HourCache`` loads
+the rows of its tables before its first check; the check then compares each loaded
+hour's request count with the store's, exactly as for hours held in memory, and
+re-reads the hours that got rows since (ingest lag, a backfill, a restart during an
+outage of the collectors). So a cycle after a restart gives what an uncached read gives.
+
+Rows are found by a signature of everything that decides their values: the table, the
+store's schema version (a migration can change what rollups hold), every column's SQL
+and parameter in order, and the series each column is read for (a split read fills a
+column only for the series whose SLOs use it). Changing an SLO's threshold or selector
+changes it, and the next start reads its hours from the rollups once more.
+
+It is derived data: a failure to load or save is logged and costs a re-read, never a
+different answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from controlplane import conventions as cv
+from controlplane.errors import GovernorError
+from controlplane.slo.hours import HourRows, HourTable, Ints
+from controlplane.store.base import Store
+from controlplane.store.migrate import current_version
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = pa.schema([
+    ("source", pa.string()), ("signature", pa.string()),
+    ("hour", pa.timestamp("s", tz="UTC")), ("requests", pa.uint64()),
+    ("pools", pa.list_(pa.string())), ("models", pa.list_(pa.string())),
+    ("tenants", pa.list_(pa.string())), ("vals", pa.list_(pa.int64())),
+    ("saved_at", pa.timestamp("us", tz="UTC")),
+])  # fmt: skip
+
+
+class HourState:
+    """Loads and saves one store's held hours; ``HourCache`` calls it."""
+
+    def __init__(self) -> None:
+        self._schema: int | None = None
+        self.loaded = 0  # hours taken from saved rows
+        self.saved = 0  # hour rows written
+
+    def signature(self, store: Store, table: HourTable) -> str:
+        if self._schema is None:
+            self._schema = current_version(store)
+        uses = [(col, sorted(table.uses[col])) for col in table.cols]
+        text = repr((table.table, self._schema, uses))
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def load(self, store: Store, tables: Sequence[tuple[HourTable, datetime, datetime]]) -> None:
+        """Restore the saved hours of ``[lo, tm)`` into each table (laid over that range),
+        one query for all. A table whose rows do not fit is left to be read."""
+        if not tables:
+            return
+        params: dict[str, Any] = {}
+        conds = []
+        for k, (table, lo, tm) in enumerate(tables):
+            params |= {f"t{k}": table.table, f"s{k}": self.signature(store, table),
+                       f"lo{k}": lo, f"tm{k}": tm}  # fmt: skip
+            conds.append(f"(source = {{t{k}:String}} AND signature = {{s{k}:String}}"
+                         f" AND hour >= {{lo{k}:DateTime('UTC')}}"
+                         f" AND hour < {{tm{k}:DateTime('UTC')}})")  # fmt: skip
+        try:
+            rows = store.query_arrow(
+                "SELECT toString(source) AS source, toUInt32(toUnixTimestamp(hour)) AS h, "
+                f"requests, pools, models, tenants, vals FROM {cv.SLO_HOUR_STATE} FINAL "
+                f"WHERE {' OR '.join(conds)}",
+                params,
+            )
+        except GovernorError as exc:
+            log.warning("saved SLO hours not loaded (they are read again): %s", exc)
+            return
+        source = np.asarray(rows["source"].to_pylist(), dtype=object)
+        for table, _, _ in tables:
+            try:
+                mine = rows.filter(pa.array(source == table.table))
+                self.loaded += len(table.restore(_rows(mine, len(table.cols))))
+            except ValueError as exc:
+                log.warning("saved SLO hours of %s not loaded (they are read again): %s",
+                            table.table, exc)  # fmt: skip
+
+    def save(self, store: Store, reads: Sequence[tuple[HourTable, list[int]]]) -> None:
+        """Write the hours of each table as just read, one insert for all."""
+        now = datetime.now(UTC)
+        parts = [self._table(store, table, idxs, now) for table, idxs in reads]
+        data = [p for p in parts if p.num_rows]
+        if not data:
+            return
+        try:
+            store.insert_arrow(cv.SLO_HOUR_STATE, pa.concat_tables(data))
+            self.saved += sum(p.num_rows for p in data)
+        except GovernorError as exc:
+            log.warning("SLO hours not saved (a restart reads them again): %s", exc)
+
+    def _table(self, store: Store, table: HourTable, idxs: list[int], now: datetime) -> pa.Table:
+        rows = table.saved(idxs)
+        n = len(rows.hours)
+        return pa.table(
+            [pa.array([table.table] * n), pa.array([self.signature(store, table)] * n),
+             pa.array(rows.hours, type=pa.timestamp("s", tz="UTC")),
+             pa.array(rows.counts.astype(np.uint64)),
+             *(_lists(rows.offsets, [key[j] for key in rows.names]) for j in range(3)),
+             _lists(rows.offsets * rows.vals.shape[1], rows.vals.ravel()),
+             pa.array([now] * n, type=pa.timestamp("us", tz="UTC"))],
+            schema=_SCHEMA,
+        )  # fmt: skip
+
+
+def _lists(offsets: Ints, values: object) -> pa.ListArray:
+    return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), pa.array(values))
+
+
+def _rows(t: pa.Table, ncols: int) -> HourRows:
+    """Saved rows as ``HourTable.restore`` takes them; ValueError if they do not fit."""
+    lists = [t[c].combine_chunks() for c in ("pools", "models", "tenants", "vals")]
+    offsets = [np.asarray(a.offsets, dtype=np.int64) for a in lists]
+    if not all(np.array_equal(offsets[0], o) for o in offsets[1:3]):
+        raise ValueError("saved series names of unequal lengths")
+    if not np.array_equal(offsets[0] * ncols, offsets[3]):
+        raise ValueError(f"saved values do not fit their series x {ncols} columns")
+    pools, models, tenants = (a.flatten().to_pylist() for a in lists[:3])
+    return HourRows(
+        np.asarray(t["h"], dtype=np.int64), np.asarray(t["requests"], dtype=np.int64),
+        offsets[0], list(zip(pools, models, tenants, strict=True)),
+        np.asarray(lists[3].flatten(), dtype=np.int64).reshape(-1, ncols),
+    )  # fmt: skip
