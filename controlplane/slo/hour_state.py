@@ -51,8 +51,8 @@ class HourState:
 
     def __init__(self) -> None:
         self._schema: int | None = None
-        self.loaded = 0  # hours taken from saved rows
-        self.saved = 0  # hour rows written
+        self.hours_loaded = 0  # hours taken from saved rows
+        self.hours_saved = 0  # hour rows written
 
     def signature(self, store: Store, table: HourTable) -> str:
         if self._schema is None:
@@ -88,7 +88,7 @@ class HourState:
         for table, _, _ in tables:
             try:
                 mine = rows.filter(pa.array(source == table.table))
-                self.loaded += len(table.restore(_rows(mine, len(table.cols))))
+                self.hours_loaded += len(table.restore(_rows(mine, len(table.cols))))
             except ValueError as exc:
                 log.warning("saved SLO hours of %s not loaded (they are read again): %s",
                             table.table, exc)  # fmt: skip
@@ -102,7 +102,7 @@ class HourState:
             return
         try:
             store.insert_arrow(cv.SLO_HOUR_STATE, pa.concat_tables(data))
-            self.saved += sum(p.num_rows for p in data)
+            self.hours_saved += sum(p.num_rows for p in data)
         except GovernorError as exc:
             log.warning("SLO hours not saved (a restart reads them again): %s", exc)
 

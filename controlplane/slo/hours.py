@@ -311,6 +311,9 @@ class HourRead:
 class SavedHours(Protocol):
     """Held hours kept outside the process (``hour_state.HourState``)."""
 
+    hours_loaded: int  # hours restored from saved rows
+    hours_saved: int  # hours written
+
     def load(self, store: Store, tables: Sequence[tuple[HourTable, datetime, datetime]]) -> None:
         """Restore saved hours of ``[lo, tm)`` into each table; never raises."""
         ...

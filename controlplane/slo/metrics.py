@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from controlplane.slo.evaluate import STATES, Evaluator
@@ -42,3 +42,17 @@ class SloCollector(Collector):
             for s in STATES:
                 state.add_metric([name, ev.pool, s], 1.0 if ev.state == s else 0.0)
         yield from (sli, budget, burn, objective, state)
+        if self.evaluator.cycles:
+            yield self._held_hours()
+
+    def _held_hours(self) -> Metric:
+        """Where the whole hours of the windows came from: after a restart, ``restored``
+        (saved by the process before) rather than ``read`` from the rollups."""
+        hours = self.evaluator.hours
+        fam = CounterMetricFamily("governor_slo_held_hours",
+                                  "Whole hours of SLO windows, by how they were obtained",
+                                  labels=["how"])  # fmt: skip
+        fam.add_metric(["read"], hours.hours_read)
+        fam.add_metric(["restored"], hours.saved.hours_loaded if hours.saved else 0)
+        fam.add_metric(["saved"], hours.saved.hours_saved if hours.saved else 0)
+        return fam

@@ -212,7 +212,7 @@ def test_a_restart_takes_the_saved_hours_and_reads_only_those_changed_since(
     second, read = _restart(store, slos, now + 20)
     assert read == 2 * 2  # those two hours, in both tables; the rest was saved
     assert second.latest["avail"].total == first.latest["avail"].total + 43
-    assert second.hours.saved is not None and second.hours.saved.loaded >= 2 * 700 - 4
+    assert second.hours.saved is not None and second.hours.saved.hours_loaded >= 2 * 700 - 4
     # The hours it re-read were saved again: the next start reads nothing.
     _, read = _restart(store, slos, now + 40)
     assert read == 0
