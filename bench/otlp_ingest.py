@@ -21,10 +21,14 @@ Stages, same payloads, one run (all but ``http`` on one core; stages 1-5 are the
 8. ``http``: ``governor serve`` in a subprocess pinned to one core (``taskset -c 0``),
    the client pinned to the other; from the first POST until the writer reports every
    row inserted (``governor_writer_inserted_rows_total``). 503s (writer queue full) are
-   retried after 50 ms, as an exporter retries.
+   retried after 50 ms, as an exporter retries. ``--http-clients`` exporters post at
+   once (default 4, threads of the client process, each on its own connection, each its
+   share of the requests in order): one client waits for each answer, so serve idles
+   between requests and the figure is the round trip's, not serve's capacity.
 
     .venv/bin/python -m bench.otlp_ingest [--spans 50000] [--batch 512] [--profile]
     .venv/bin/python -m bench.otlp_ingest --http-batches 20000,100000  # stage 8 only
+    .venv/bin/python -m bench.otlp_ingest --http-clients 1,4  # stage 8, 1 vs 4 clients
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -256,8 +261,29 @@ def _inserted(url: str) -> float:
     return float(m.group(1)) if m else 0.0
 
 
+def _post_all(url: str, bodies: list[bytes]) -> int:
+    """POST each body in turn on one connection, as one exporter does; 503s retried."""
+    retries = 0
+    with httpx.Client(timeout=120) as client:
+        for b in bodies:
+            while True:
+                r = client.post(f"{url}/v1/traces", content=b,
+                                headers={"Content-Type": PROTOBUF})  # fmt: skip
+                if r.status_code != 503:
+                    break
+                retries += 1
+                time.sleep(0.05)
+            r.raise_for_status()
+    return retries
+
+
 def stage_http(
-    bodies: list[bytes], total: int, data_dir: Path, writer_batch: int, queue_max: int = 0
+    bodies: list[bytes],
+    total: int,
+    data_dir: Path,
+    writer_batch: int,
+    queue_max: int = 0,
+    clients: int = 1,
 ) -> float:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -299,25 +325,19 @@ def stage_http(
             if time.monotonic() > deadline:
                 raise RuntimeError("serve did not become healthy")
             time.sleep(0.2)
-        headers = {"Content-Type": PROTOBUF}
-        with httpx.Client(timeout=120) as client:
-            t0 = time.perf_counter()
-            retries = 0
-            for b in bodies:
-                while True:
-                    r = client.post(f"{url}/v1/traces", content=b, headers=headers)
-                    if r.status_code != 503:
-                        break
-                    retries += 1
-                    time.sleep(0.05)
-                r.raise_for_status()
-            posted = time.perf_counter() - t0
-            while _inserted(url) < total:
-                if time.perf_counter() - t0 > 600:
-                    raise RuntimeError("rows did not all arrive")
-                time.sleep(0.05)
-            elapsed = time.perf_counter() - t0
-        print(f"  (http: all POSTs answered after {posted:.2f}s; {retries} retried after 503)")
+        # ``clients`` exporters at once (a fleet has many), each its share in order.
+        shares = [bodies[k::clients] for k in range(clients)]
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            retries = sum(pool.map(lambda share: _post_all(url, share), shares))
+        posted = time.perf_counter() - t0
+        while _inserted(url) < total:
+            if time.perf_counter() - t0 > 600:
+                raise RuntimeError("rows did not all arrive")
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - t0
+        print(f"  (http, {clients} client(s): all POSTs answered after {posted:.2f}s;"
+              f" {retries} retried after 503)")  # fmt: skip
         return elapsed
     finally:
         proc.send_signal(signal.SIGINT)
@@ -328,20 +348,26 @@ def stage_http(
         log.close()
 
 
-def compare_http(bodies: list[bytes], n: int, tmp: Path, batches: list[int]) -> None:
-    """The HTTP stage at several writer batch sizes, alternating, each in a fresh store."""
-    results: dict[int, list[float]] = {b: [] for b in batches}
+def compare_http(
+    bodies: list[bytes], n: int, tmp: Path, batches: list[int], clients: list[int]
+) -> None:
+    """The HTTP stage for each writer batch size and number of clients, alternating,
+    each in a fresh store."""
+    configs = [(b, c) for b in batches for c in clients]
+    results: dict[tuple[int, int], list[float]] = {k: [] for k in configs}
     for r in range(REPEAT):
-        for b in batches:
-            d = tmp / f"http-{b}-{r}"
+        for b, c in configs:
+            d = tmp / f"http-{b}-{c}-{r}"
             d.mkdir()
-            secs = stage_http(bodies, n, d, b, queue_max=5 * b)
-            results[b].append(n / secs)
-            print(f"  round {r + 1} batch {b:,}: {n / secs:,.0f} spans/s", flush=True)
-    print(f"{'writer batch':>12} {'queue_max':>10} {'median spans/s':>15} {'runs':>30}")
-    for b, rates in results.items():
+            secs = stage_http(bodies, n, d, b, queue_max=5 * b, clients=c)
+            results[(b, c)].append(n / secs)
+            print(f"  round {r + 1} batch {b:,}, {c} client(s): {n / secs:,.0f} spans/s",
+                  flush=True)  # fmt: skip
+    print(f"{'writer batch':>12} {'queue_max':>10} {'clients':>8} {'median spans/s':>15}"
+          f" {'runs':>30}")  # fmt: skip
+    for (b, c), rates in results.items():
         runs = ", ".join(f"{x / 1000:.1f}k" for x in rates)
-        print(f"{b:>12,} {5 * b:>10,} {statistics.median(rates):>15,.0f} {runs:>30}")
+        print(f"{b:>12,} {5 * b:>10,} {c:>8} {statistics.median(rates):>15,.0f} {runs:>30}")
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
@@ -369,7 +395,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="only the HTTP stage, for each writer batch size in this comma-separated list"
         " (queue_max 5x the batch), alternating, --repeat rounds",
     )
+    ap.add_argument(
+        "--http-clients",
+        default="4",
+        help="exporters posting at once (comma-separated list: compared, alternating)",
+    )
     args = ap.parse_args(argv)
+    clients = [int(c) for c in args.http_clients.split(",")]
     global REPEAT
     REPEAT = max(args.repeat, 1)
     if hasattr(os, "sched_setaffinity") and os.cpu_count() and os.cpu_count() > 1:
@@ -383,9 +415,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" writer batch {args.writer_batch}"
     )
     tmp = Path(tempfile.mkdtemp(prefix="bench-otlp-"))
-    if args.http_batches:
+    if args.http_batches or len(clients) > 1:
+        batches = [int(b) for b in (args.http_batches or str(args.writer_batch)).split(",")]
         try:
-            compare_http(bodies, n, tmp, [int(b) for b in args.http_batches.split(",")])
+            compare_http(bodies, n, tmp, batches, clients)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return 0
@@ -401,7 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("pipeline -> chDB", stage_pipeline(bodies, tmp / "pipe", args.writer_batch)),
         ]  # fmt: skip
         if not args.no_http:
-            rows.append(("http -> serve -> chDB", stage_http(bodies, n, tmp, args.writer_batch)))
+            secs = stage_http(bodies, n, tmp, args.writer_batch, clients=clients[0])
+            rows.append((f"http ({clients[0]} clients) -> chDB", secs))
         base = rows[0][1]
         print(f"{'stage':<24} {'seconds':>8} {'spans/s':>10} {'us/span':>8} {'x parse':>8}")
         for name, secs in rows:
