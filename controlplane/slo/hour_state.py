@@ -68,13 +68,13 @@ class HourState:
             return
         params: dict[str, Any] = {}
         conds = []
-        for k, (table, lo, tm) in enumerate(tables):
-            params |= {f"t{k}": table.table, f"s{k}": self.signature(store, table),
-                       f"lo{k}": lo, f"tm{k}": tm}  # fmt: skip
-            conds.append(f"(source = {{t{k}:String}} AND signature = {{s{k}:String}}"
-                         f" AND hour >= {{lo{k}:DateTime('UTC')}}"
-                         f" AND hour < {{tm{k}:DateTime('UTC')}})")  # fmt: skip
         try:
+            for k, (table, lo, tm) in enumerate(tables):
+                params |= {f"t{k}": table.table, f"s{k}": self.signature(store, table),
+                           f"lo{k}": lo, f"tm{k}": tm}  # fmt: skip
+                conds.append(f"(source = {{t{k}:String}} AND signature = {{s{k}:String}}"
+                             f" AND hour >= {{lo{k}:DateTime('UTC')}}"
+                             f" AND hour < {{tm{k}:DateTime('UTC')}})")  # fmt: skip
             rows = store.query_arrow(
                 "SELECT toString(source) AS source, toUInt32(toUnixTimestamp(hour)) AS h, "
                 f"requests, pools, models, tenants, vals FROM {cv.SLO_HOUR_STATE} FINAL "
@@ -96,11 +96,11 @@ class HourState:
     def save(self, store: Store, reads: Sequence[tuple[HourTable, list[int]]]) -> None:
         """Write the hours of each table as just read, one insert for all."""
         now = datetime.now(UTC)
-        parts = [self._table(store, table, idxs, now) for table, idxs in reads]
-        data = [p for p in parts if p.num_rows]
-        if not data:
-            return
         try:
+            parts = [self._table(store, table, idxs, now) for table, idxs in reads]
+            data = [p for p in parts if p.num_rows]
+            if not data:
+                return
             store.insert_arrow(cv.SLO_HOUR_STATE, pa.concat_tables(data))
             self.hours_saved += sum(p.num_rows for p in data)
         except GovernorError as exc:

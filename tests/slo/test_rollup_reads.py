@@ -246,7 +246,7 @@ def test_unusable_saved_hours_are_read_again_and_said_so(
     assert "saved values do not fit their series" in caplog.text
 
 
-def test_a_failed_save_is_logged_and_costs_the_next_start_a_read(
+def test_a_failed_save_or_load_is_logged_and_costs_a_read(
     store: ChdbStore, now: float, caplog: pytest.LogCaptureFixture
 ) -> None:
     traffic(store, now, range(2, 400), per_min=4, bad=1, slow=1)
@@ -262,6 +262,18 @@ def test_a_failed_save_is_logged_and_costs_the_next_start_a_read(
     _same(got, Evaluator(store, slos, clock=ManualClock(now), save_hours=False).run_once())
     _, read = _restart(store, slos, now + 20)
     assert read >= 2 * 700
+
+    class NoLoad(SpyStore):  # the saved rows cannot be read: the start reads the hours
+        def query_arrow(self, sql: str, params: Any = None) -> Any:
+            raise StoreUnavailable("store unavailable: connection refused")
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="controlplane.slo.hour_state"):
+        ev = Evaluator(NoLoad(store), slos, clock=ManualClock(now + 40))  # type: ignore[arg-type]
+        got = ev.run_once()
+    assert "not loaded (they are read again)" in caplog.text
+    assert ev.hours.hours_read >= 2 * 700
+    _same(got, Evaluator(store, slos, clock=ManualClock(now + 40), save_hours=False).run_once())
 
 
 def test_a_long_read_is_split_per_histogram_only_when_it_covers_many_rows() -> None:
