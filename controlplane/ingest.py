@@ -335,9 +335,6 @@ def shared_writer(ctx: AppContext) -> Sink:
     return writer
 
 
-_writer = shared_writer  # the name controlplane.scraping imported first
-
-
 def shared_concurrency(ctx: AppContext) -> ConcurrencyTracker:
     """The process's ``ConcurrencyTracker`` in front of the writer, created on first use.
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from controlplane import conventions as cv
 from controlplane.errors import GovernorError
@@ -84,10 +85,9 @@ class HourState:
         except GovernorError as exc:
             log.warning("saved SLO hours not loaded (they are read again): %s", exc)
             return
-        source = np.asarray(rows["source"].to_pylist(), dtype=object)
         for table, _, _ in tables:
             try:
-                mine = rows.filter(pa.array(source == table.table))
+                mine = rows.filter(pc.equal(rows["source"], table.table))
                 self.hours_loaded += len(table.restore(_rows(mine, len(table.cols))))
             except ValueError as exc:
                 log.warning("saved SLO hours of %s not loaded (they are read again): %s",

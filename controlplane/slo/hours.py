@@ -212,10 +212,11 @@ class HourTable:
         take[take] = ~self.read[i[take]]
         per_hour = np.diff(rows.offsets)
         entries = np.repeat(take, per_hour)
-        ids = np.array([self.series.setdefault(key, len(self.series)) for key in rows.names],
+        names = [key for key, e in zip(rows.names, entries.tolist(), strict=True) if e]
+        ids = np.array([self.series.setdefault(key, len(self.series)) for key in names],
                        dtype=np.int64)  # fmt: skip
         self._grow()
-        self.vals[ids[entries], np.repeat(i, per_hour)[entries]] = rows.vals[entries]
+        self.vals[ids, np.repeat(i, per_hour)[entries]] = rows.vals[entries]
         self.fp[i[take]], self.read[i[take]] = rows.counts[take], True
         self._prefix.clear()
         return [int(k) for k in i[take]]
