@@ -12,11 +12,11 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml setup.py collector/_otlpcols.c | $(BIN)/python
+$(STAMP): pyproject.toml setup.py $(wildcard collector/_otlp*.[ch]) | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
-$(STAMP_DEV): pyproject.toml setup.py collector/_otlpcols.c | $(BIN)/python
+$(STAMP_DEV): pyproject.toml setup.py $(wildcard collector/_otlp*.[ch]) | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@ $(STAMP)
 

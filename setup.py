@@ -11,7 +11,8 @@ setup(
     ext_modules=[
         Extension(
             "collector._otlpcols",
-            ["collector/_otlpcols.c"],
+            ["collector/_otlpcols.c", "collector/_otlpmap.c"],
+            depends=["collector/_otlpcols.h"],
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
             optional=True,
         )

@@ -23,30 +23,10 @@
  * empty AnyValue, bytes, kvlists, arrays of non-strings, a value field given twice) are
  * tagged T_OTHER so that span alone is mapped by the reference code.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdint.h>
+#include "_otlpcols.h"
 #include <string.h>
 
-enum { T_ABSENT = 0, T_STR = 1, T_INT = 2, T_DBL = 3, T_BOOL = 4, T_STRARR = 5, T_OTHER = 6 };
-
 #define MAX_ANY_DEPTH 24 /* upb allows 100 message levels in all; AnyValue nests below 8 */
-
-typedef struct {
-    uint64_t start, end;
-    int32_t kind, status, res;
-    uint8_t vllm, trace_len, span_len, pad;
-    uint8_t trace[16];
-    uint8_t span[8];
-} SpanRec; /* 56 bytes */
-
-typedef struct {
-    int64_t val; /* int64, or the double's bits, or 0/1 for bool */
-    int32_t code; /* string code (T_STR), joined array text (T_STRARR) */
-    int32_t code2; /* first array element (T_STRARR) */
-    uint8_t type;
-    uint8_t pad[7];
-} AttrRec; /* 24 bytes */
 
 typedef struct {
     char *data;
@@ -939,6 +919,9 @@ done:
 }
 
 static PyMethodDef methods[] = {
+    {"map", otlpmap_map, METH_VARARGS,
+     "map(spans, span_attrs, res_attrs, nkeys, plan, strings, nstr, non_inference, "
+     "pool_by_model, default_pool, other_code) -> bytes of per-span results (_otlpmap.c)."},
     {"gather", py_gather, METH_VARARGS,
      "gather(offsets, data, codes) -> (offsets, data) of the strings at codes."},
     {"decode", py_decode, METH_VARARGS,
@@ -956,7 +939,8 @@ PyMODINIT_FUNC PyInit__otlpcols(void) {
     if (!m) return NULL;
     if (PyModule_AddIntConstant(m, "MAX_KEYS", MAX_KEYS) < 0 ||
         PyModule_AddIntConstant(m, "SPAN_SIZE", (long)sizeof(SpanRec)) < 0 ||
-        PyModule_AddIntConstant(m, "ATTR_SIZE", (long)sizeof(AttrRec)) < 0) {
+        PyModule_AddIntConstant(m, "ATTR_SIZE", (long)sizeof(AttrRec)) < 0 ||
+        PyModule_AddIntConstant(m, "OUT_SIZE", (long)sizeof(OutRec)) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -24,7 +24,7 @@ both paths give identical tables.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,28 +78,24 @@ ATTR_DTYPE = np.dtype({
     "offsets": [0, 8, 12, 16],
     "itemsize": 24,
 })  # fmt: skip
+# _otlpcols.h's OutRec: one span's results from the mapping kernel.
+_I8, _FLAG = "<i8", "u1"
+OUT_DTYPE = np.dtype({
+    "names": ["ttft_us", "tpot_us", "e2e_us", "queue_us", "prefill_us", "decode_us",
+              "input", "output", "cached", "usage", "tps",
+              "error", "finish", "model", "pool", "replica", "tenant", "priority",
+              "mapped", "ref", "failed", "has_ttft", "has_tpot", "has_queue", "has_prefill",
+              "has_decode", "has_tps", "has_usage"],
+    "formats": [_I8] * 9 + ["<f8", "<f4"] + ["<i4"] * 7 + [_FLAG] * 10,
+    "offsets": [8 * i for i in range(10)] + [80] + [84 + 4 * i for i in range(7)]
+               + [112 + i for i in range(10)],
+    "itemsize": 128,
+})  # fmt: skip
 T_ABSENT, T_STR, T_INT, T_DBL, T_BOOL, T_STRARR, T_OTHER = range(7)
-
-_STATUS_ERROR = 2
-_U32MAX = 2**32 - 1
-_MAX_SECONDS = 1e9  # larger durations are left to the reference (it saturates or fails)
-_MAX_EXACT = 2**53  # integers above this do not convert to float exactly
-_UNKNOWN_SERVICE = "unknown_service"
 
 Mask = npt.NDArray[np.bool_]
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
-# (type tags, int64 values, the same bits as doubles) -> (taken, converted value)
-Tags = npt.NDArray[np.uint8]
-_Accept = Callable[[Tags, I64, F64], tuple[Mask, Any]]
-
-
-def _accept_tokens(t: Tags, v: I64, d: F64) -> tuple[Mask, I64]:
-    """Token counts: non-negative integers (integral doubles too), saturated at UInt32."""
-    ok_int = (t == T_INT) & (v >= 0)
-    ok_dbl = (t == T_DBL) & np.isfinite(d) & (d >= 0) & (d == np.floor(d))
-    dint = np.minimum(np.where(ok_dbl, d, 0.0), float(_U32MAX)).astype(np.int64)
-    return ok_int | ok_dbl, np.where(ok_int, np.minimum(v, _U32MAX), dint)
 
 
 @dataclass
@@ -148,7 +144,7 @@ class ColumnarMapper:
             )
         self._k = {k: i for i, k in enumerate(self.keys)}
         self._markers = tuple(self._k[k] for k in (g.OPERATION, g.SYSTEM, g.LAT_E2E))
-        self._kinds_ok = np.array([k in m.span_kinds for k in SPAN_KINDS] + [False])
+        self._plan = self._kernel_plan(m)
         self._keep = list(dict.fromkeys(m.keep_attributes))
         # Pricing is vectorized for the shipped Pricer only; another pricer is called per
         # record by the reference path.
@@ -158,9 +154,30 @@ class ColumnarMapper:
         extras = ["_OTHER", m.default_pool, *SPAN_KINDS, "ok", "error", "span.kind"]
         extras += sorted(set(m.pool_by_model.values())) + self._keep
         self._extras = list(dict.fromkeys(extras))
+        # Indexes after a body's decoded strings, where _Body appends the extras.
+        self._extra_at = {e: i for i, e in enumerate(self._extras)}
+        self._pool_by_model = {
+            model: self._extra_at[pool] for model, pool in m.pool_by_model.items() if pool
+        }
         encoded = [e.encode() for e in self._extras]
         self._extras_data = b"".join(encoded)
         self._extras_ends = np.cumsum([len(e) for e in encoded], dtype=np.int64)
+
+    def _kernel_plan(self, m: AttributeMapping) -> bytes:
+        """The key indexes ``_otlpcols.map`` reads for each role (see ``_otlpmap.c``)."""
+        k = self._k
+        plan = [*self._markers, k.get("service.name", -1)]
+        plan += [k in m.span_kinds for k in SPAN_KINDS] + [False]
+        roles: tuple[Sequence[str], ...] = (
+            (g.LAT_TTFT, g.TIME_TO_FIRST_CHUNK, g.SERVER_TTFT), (g.LAT_QUEUE,),
+            (g.LAT_PREFILL,), (g.LAT_DECODE,), (g.INPUT_TOKENS, g.PROMPT_TOKENS),
+            (g.OUTPUT_TOKENS, g.COMPLETION_TOKENS), (g.CACHE_READ, g.CACHE_READ_OLD),
+            (g.USAGE_COST,), (g.ERROR_TYPE,), (g.FINISH_REASONS,),
+            m.model_keys, m.pool_keys, m.replica_keys, m.tenant_keys, m.priority_keys,
+        )  # fmt: skip
+        for keys in roles:
+            plan += [len(keys), *(k[key] for key in keys)]
+        return np.array(plan, dtype=np.int32).tobytes()
 
     # -- public ------------------------------------------------------------------------
     def map(self, raw: bytes) -> ColumnarResult | None:
@@ -169,12 +186,11 @@ class ColumnarMapper:
         out = _otlpcols.decode(raw, self.keys, self._markers, g.VLLM_SPAN)
         if out is None or not self._vector_pricer:
             return None
-        total, n, span_buf, nres, res_buf, attr_buf, strings, str_offsets, str_data = out
+        total, n, span_buf, _, res_buf, attr_buf, strings, str_offsets, str_data = out
         if n == 0:
             return ColumnarResult(SCHEMA.empty_table(), total)
         spans = np.frombuffer(span_buf, dtype=SPAN_DTYPE)
         attrs = np.frombuffer(attr_buf, dtype=ATTR_DTYPE).reshape(n, len(self.keys))
-        res = np.frombuffer(res_buf, dtype=ATTR_DTYPE).reshape(nres, len(self.keys))
         offsets = np.frombuffer(str_offsets, dtype=np.int32)
         if int(offsets[-1]) + len(self._extras_data) > 2**31 - 1:
             return None
@@ -183,7 +199,7 @@ class ColumnarMapper:
             str_data + self._extras_data,
         )
         try:
-            return _Body(self, raw, spans, attrs, res, strings, blob, total).run()
+            return _Body(self, raw, spans, attrs, res_buf, strings, blob, total).run()
         except _Fallback:
             return None
 
@@ -197,7 +213,7 @@ class _Body:
         raw: bytes,
         spans: npt.NDArray[Any],
         attrs: npt.NDArray[Any],
-        res: npt.NDArray[Any],
+        res_buf: bytes,
         strings: list[str],
         blob: tuple[npt.NDArray[np.int32], bytes],
         total: int,
@@ -205,26 +221,16 @@ class _Body:
         self.mp = mapper
         self.raw = raw
         self.spans = spans
+        self.attrs = attrs
+        self.res_buf = res_buf
         self.n = len(spans)
         self.total = total
         self.strings = strings
-        base = len(strings)
+        self.nstr = len(strings)
         strings.extend(mapper._extras)
-        self.extra = {s: base + i for i, s in enumerate(mapper._extras)}
+        self.extra = {s: self.nstr + i for s, i in mapper._extra_at.items()}
         self.blob_offsets = blob[0].tobytes()
         self.blob_data = blob[1]
-        # Key-major copies: one contiguous row per attribute key.
-        self.types = np.ascontiguousarray(attrs["type"].T)
-        self.vals = np.ascontiguousarray(attrs["val"].T)
-        self.codes = np.ascontiguousarray(attrs["code"].T)
-        self.codes2 = attrs["code2"]
-        self.seen: list[bool] = [bool(v) for v in np.any(self.types, axis=1)]
-        self.res = res
-        self.res_seen: list[bool] = [bool(v) for v in np.any(res["type"], axis=0)]
-        self.ridx = spans["res"]
-        self.ref = np.zeros(self.n, dtype=bool)  # spans the reference code maps
-        self.zeros_u8 = np.zeros(self.n, dtype=np.uint8)
-        self.zeros_i32 = np.zeros(self.n, dtype=np.int32)
 
     def strs(self, codes: npt.NDArray[Any]) -> pa.Array:
         """The string column of ``codes`` (built in C, no Python object per value)."""
@@ -233,185 +239,49 @@ class _Body:
         offs, data = _otlpcols.gather(self.blob_offsets, self.blob_data, codes)
         return pa.StringArray.from_buffers(len(codes), pa.py_buffer(offs), pa.py_buffer(data))
 
-    def _res_col(self, k: int) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int32]]:
-        if not self.res_seen[k]:
-            return self.zeros_u8, self.zeros_i32
-        col = self.res[:, k]
-        if len(col) == 1:
-            return (np.full(self.n, col["type"][0], dtype=np.uint8),
-                    np.full(self.n, col["code"][0], dtype=np.int32))  # fmt: skip
-        return col["type"][self.ridx], col["code"][self.ridx]
-
-    # -- attribute access -------------------------------------------------------------
-    def _col(self, key: str) -> tuple[Tags, I64, npt.NDArray[np.int32]]:
-        k = self.mp._k[key]
-        return self.types[k], self.vals[k], self.codes[k]
-
-    def _first(self, keys: Sequence[str], accept: _Accept, dtype: type) -> tuple[Mask, Any]:
-        """(present, value) of the first present key; ``accept`` says which values it takes
-        and converts them. Values it does not take go to the reference mapping."""
-        present = np.zeros(self.n, dtype=bool)
-        value: npt.NDArray[Any] = np.zeros(self.n, dtype=dtype)
-        for key in keys:
-            if not self.seen[self.mp._k[key]]:
-                continue
-            t, v, _ = self._col(key)
-            here = (t != T_ABSENT) & ~present
-            if not here.any():
-                continue
-            with np.errstate(invalid="ignore"):  # NaN doubles compare false: not taken
-                ok, converted = accept(t, v, v.view(np.float64))
-            self.ref |= here & ~ok
-            value = np.where(here & ok, converted, value)
-            present |= here
-        return present, value
-
-    def _number(self, keys: Sequence[str], limit: float) -> tuple[Mask, F64]:
-        def accept(t: Tags, v: I64, d: F64) -> tuple[Mask, F64]:
-            ok_int = (t == T_INT) & (v >= 0) & (v <= limit)
-            ok_dbl = (t == T_DBL) & np.isfinite(d) & (d >= 0) & (d <= limit)
-            return ok_int | ok_dbl, np.where(ok_int, v.astype(np.float64), d)
-
-        return self._first(keys, accept, np.float64)
-
-    def _seconds(self, *keys: str) -> tuple[Mask, F64]:
-        return self._number(keys, _MAX_SECONDS)
-
-    def _tokens(self, *keys: str) -> I64:
-        _, value = self._first(keys, _accept_tokens, np.int64)
-        return value  # type: ignore[no-any-return]
-
-    def _text(self, key: str, *, first: bool = False) -> npt.NDArray[np.int32]:
-        """String codes of a span attribute read as text (0 when absent)."""
-        k = self.mp._k[key]
-        if not self.seen[k]:
-            return self.zeros_i32
-        t = self.types[k]
-        code = np.where(t == T_STR, self.codes[k], 0)
-        arr = self.codes2[:, k] if first else self.codes[k]
-        code = np.where(t == T_STRARR, arr, code)
+    def _text(self, k: int) -> npt.NDArray[np.int32]:
+        """String codes of span attribute ``k`` read as text (0 when absent)."""
+        col = self.attrs[:, k]
+        t = col["type"]
         self.ref |= (t != T_ABSENT) & (t != T_STR) & (t != T_STRARR)
-        return code.astype(np.int32)
-
-    def _lookup(self, keys: Sequence[str]) -> npt.NDArray[np.int32]:
-        """``genai._lookup``: first non-empty string, span attributes then resource."""
-        out = np.full(self.n, -1, dtype=np.int32)
-        for key in keys:
-            k = self.mp._k[key]
-            if self.seen[k]:
-                st = self.types[k]
-                if self.res_seen[k]:
-                    rt, rc = self._res_col(k)
-                    t = np.where(st != T_ABSENT, st, rt)
-                    c = np.where(st != T_ABSENT, self.codes[k], rc)
-                else:
-                    t, c = st, self.codes[k]
-            elif self.res_seen[k]:
-                t, c = self._res_col(k)
-            else:
-                continue
-            open_ = out < 0
-            if not open_.any():
-                break
-            self.ref |= open_ & (t != T_ABSENT) & (t != T_STR)
-            take = open_ & (t == T_STR) & (c != 0)
-            if key == "service.name" and take.any():
-                unknown = self._str_flags(c[take], lambda s: s.startswith(_UNKNOWN_SERVICE))
-                take[np.flatnonzero(take)[unknown]] = False
-            out = np.where(take, c, out)
-        return np.where(out < 0, 0, out).astype(np.int32)
-
-    def _str_flags(self, codes: npt.NDArray[Any], pred: Any) -> Mask:
-        uniq, inv = np.unique(codes, return_inverse=True)
-        flags = np.array([bool(pred(self.strings[int(c)])) for c in uniq], dtype=bool)
-        return flags[inv]
-
-    def _str_map(self, codes: npt.NDArray[Any], fn: Any) -> npt.NDArray[np.int32]:
-        uniq, inv = np.unique(codes, return_inverse=True)
-        mapped = np.array([fn(self.strings[int(c)]) for c in uniq], dtype=np.int32)
-        return mapped[inv]
+        return np.where((t == T_STR) | (t == T_STRARR), col["code"], 0).astype(np.int32)
 
     # -- mapping ----------------------------------------------------------------------
     def run(self) -> ColumnarResult:
-        mp, m, spans, n = self.mp, self.mp.mapping, self.spans, self.n
-        # is_llm_span and the kind filter.
-        t_op, _, c_op = self._col(g.OPERATION)
-        has_sys = self._col(g.SYSTEM)[0] != T_ABSENT
-        has_e2e = self._col(g.LAT_E2E)[0] != T_ABSENT
-        unsure = (t_op != T_ABSENT) & (t_op != T_STR)
-        inference = np.ones(n, dtype=bool)
-        if (t_op == T_STR).any():
-            inference = ~self._str_flags(c_op, lambda s: s in g.NON_INFERENCE_OPERATIONS)
-        is_llm = (spans["vllm"] == 1) | np.where(
-            t_op == T_STR, inference, (t_op == T_ABSENT) & (has_sys | has_e2e)
-        )
-        kind = spans["kind"]
-        # A non-string operation name: is_llm_span decides (or fails) before the kind check.
-        mapped = (is_llm & mp._kinds_ok[np.clip(kind, 0, 6)]) | unsure
-        self.ref |= unsure
+        """``map_span``'s rules (``_otlpmap.c``), then prices, ids, attributes, the table."""
+        assert _otlpcols is not None
+        mp = self.mp
+        o = np.frombuffer(
+            _otlpcols.map(
+                self.spans, self.attrs, self.res_buf, len(mp.keys), mp._plan,
+                self.strings, self.nstr, g.NON_INFERENCE_OPERATIONS, mp._pool_by_model,
+                mp._extra_at[mp.mapping.default_pool], mp._extra_at["_OTHER"],
+            ),
+            dtype=OUT_DTYPE,
+        )  # fmt: skip
 
-        # Durations (seconds) and token counts.
-        start = spans["start"]
-        end = spans["end"]
-        has_e2e_attr, e2e = self._seconds(g.LAT_E2E)
-        span_s = np.where(end > start, end - start, np.uint64(0)).astype(np.float64) / 1e9
-        e2e = np.where(has_e2e_attr, e2e, span_s)
-        has_ttft, ttft = self._seconds(g.LAT_TTFT, g.TIME_TO_FIRST_CHUNK, g.SERVER_TTFT)
-        has_queue, queue = self._seconds(g.LAT_QUEUE)
-        has_prefill, prefill = self._seconds(g.LAT_PREFILL)
-        has_decode, decode = self._seconds(g.LAT_DECODE)
-        derive = ~has_decode & has_ttft & (e2e >= ttft)
-        decode = np.where(has_decode, decode, np.where(derive, e2e - ttft, 0.0))
-        has_decode = has_decode | derive
+        def flag(name: str) -> Mask:
+            return o[name].view(np.bool_)
 
-        inp = self._tokens(g.INPUT_TOKENS, g.PROMPT_TOKENS)
-        out = self._tokens(g.OUTPUT_TOKENS, g.COMPLETION_TOKENS)
-        cached = self._tokens(g.CACHE_READ, g.CACHE_READ_OLD)
-        cached = np.where(inp != 0, np.minimum(cached, inp), cached)
+        self.ref = o["ref"].astype(bool)  # spans the reference code maps
+        spans = self.spans
+        start, kind = spans["start"], spans["kind"]
+        failed = flag("failed")
+        has_ttft, has_tpot, has_tps = flag("has_ttft"), flag("has_tpot"), flag("has_tps")
+        has_queue, has_prefill = flag("has_queue"), flag("has_prefill")
+        has_decode = flag("has_decode")
+        ttft_us, e2e_us = o["ttft_us"], o["e2e_us"]
+        pool, model, replica = o["pool"], o["model"], o["replica"]
 
-        has_tpot = has_ttft & (out > 1) & (e2e >= ttft)
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            tpot = np.where(has_tpot, (e2e - ttft) / np.maximum(out - 1, 1), 0.0)
-            has_tps = has_decode & (decode > 0) & (out > 1)
-            tps = np.where(has_tps, (out - 1) / np.where(has_tps, decode, 1.0), 0.0)
+        cost = self._cost(pool, replica, model, o["input"], o["output"], o["cached"],
+                          ttft_us, has_ttft, e2e_us, o["queue_us"], has_queue,
+                          o["prefill_us"], has_prefill, o["decode_us"], has_decode)  # fmt: skip
+        cost = np.where((cost == 0.0) & flag("has_usage"), o["usage"], cost)
 
-        # Status and text columns.
-        err = self._text(g.ERROR_TYPE)
-        failed = (spans["status"] == _STATUS_ERROR) | (err != 0)
-        err = np.where(failed & (err == 0), self.extra["_OTHER"], err)
-        finish = self._text(g.FINISH_REASONS, first=True)
-        model = self._lookup(m.model_keys)
-        pool = self._lookup(m.pool_keys)
-        if (pool == 0).any():
-            default = self.extra[m.default_pool]
-            fill = self._str_map(
-                model,
-                lambda s: self.extra[m.pool_by_model[s]] if m.pool_by_model.get(s) else default,
-            )
-            pool = np.where(pool == 0, fill, pool)
-        replica = self._lookup(m.replica_keys)
-        tenant = self._lookup(m.tenant_keys)
-        priority = self._lookup(m.priority_keys)
-
-        # Start time the store can hold; otherwise map_span raises.
-        self.ref |= (start < 1) | (start > np.uint64(2**63 - 1))
-
-        ttft_us, ttft_ok = _us(ttft, has_ttft)
-        tpot_us, _ = _us(tpot, has_tpot)
-        e2e_us, _ = _us(e2e, np.ones(n, dtype=bool))
-        queue_us, _ = _us(queue, has_queue)
-        prefill_us, _ = _us(prefill, has_prefill)
-        decode_us, _ = _us(decode, has_decode)
-
-        cost = self._cost(pool, replica, model, inp, out, cached,
-                          ttft_us, has_ttft, e2e_us, queue_us, has_queue,
-                          prefill_us, has_prefill, decode_us, has_decode)  # fmt: skip
-        has_usage, usage = self._number((g.USAGE_COST,), float(_MAX_EXACT))
-        cost = np.where((cost == 0.0) & has_usage, usage, cost)
-
-        ids = self._ids(failed, ttft_us, ttft_ok, e2e_us)
+        ids = self._ids(failed, ttft_us, has_ttft, e2e_us)
 
         kept = self._kept(kind)
+        mapped = flag("mapped")
         fast = mapped & ~self.ref
         ref_idx = np.flatnonzero(mapped & self.ref)
         unstorable = fast & ~(cost < MAX_COST)
@@ -425,22 +295,22 @@ class _Body:
         def s(codes: npt.NDArray[Any]) -> pa.Array:
             return self.strs(codes[rows])
 
-        def u32(values: npt.NDArray[Any], present: Mask | None = None) -> pa.Array:
-            return _nullable(values[rows].astype(np.uint32), _U32, present, rows)
+        def u32(name: str, present: Mask | None = None) -> pa.Array:
+            return _nullable(o[name][rows].astype(np.uint32), _U32, present, rows)
 
         trace, span_id = ids
         table = pa.Table.from_arrays(
             [
                 pa.array((start[rows] // np.uint64(1000)).astype(np.int64), SCHEMA.field(0).type),
-                s(pool), s(model), s(replica), s(tenant), s(priority),
+                s(pool), s(model), s(replica), s(o["tenant"]), s(o["priority"]),
                 s(np.where(failed, self.extra["error"], self.extra["ok"])),
-                s(err), s(finish),
+                s(o["error"]), s(o["finish"]),
                 _fixed(trace[rows], 16), _fixed(span_id[rows], 8),
-                u32(ttft_us, has_ttft), u32(tpot_us, has_tpot), u32(e2e_us),
-                u32(queue_us, has_queue), u32(prefill_us, has_prefill),
-                u32(decode_us, has_decode),
-                u32(inp), u32(out), u32(cached),
-                _nullable(tps[rows].astype(np.float32), pa.float32(), has_tps, rows),
+                u32("ttft_us", has_ttft), u32("tpot_us", has_tpot), u32("e2e_us"),
+                u32("queue_us", has_queue), u32("prefill_us", has_prefill),
+                u32("decode_us", has_decode),
+                u32("input"), u32("output"), u32("cached"),
+                _nullable(o["tps"][rows], pa.float32(), has_tps, rows),
                 pc.cast(pa.array(cost[rows], pa.float64()), SCHEMA.field("cost_usd").type),
                 attributes,
             ],
@@ -482,7 +352,9 @@ class _Body:
             price = pricer.pools.get(self.strings[int(c)])
             if price is not None:
                 rates[int(c)] = price.replica_usd_per_s
-        gpu = np.isin(pool, list(rates)) if rates else np.zeros(self.n, dtype=bool)
+        gpu = np.zeros(self.n, dtype=bool)
+        for c in rates:  # a few pools: cheaper than np.isin
+            gpu |= pool == c
         if gpu.any():
             # phase_seconds: prefill from TTFT - queue, decode from E2E - TTFT when absent.
             pre = np.where(
@@ -566,20 +438,20 @@ class _Body:
         entries: list[tuple[str, npt.NDArray[np.int32]]] = []
         names = np.array([self.extra[k] for k in SPAN_KINDS], dtype=np.int32)
         kind_codes = names[np.clip(kind, 0, 5)]
+        types = self.attrs["type"]
         # map_span keeps span attributes first, then sets "span.kind": that key sits where
         # keep_attributes puts it only if the span has an attribute of that name.
-        own = self.types[self.mp._k["span.kind"]] != T_ABSENT if "span.kind" in self.mp._k else None
         for key in self.mp._keep:
+            k = self.mp._k[key]
             if key == "span.kind":
-                assert own is not None
+                own = types[:, k] != T_ABSENT
                 entries.append((key, np.where(own, kind_codes, -1).astype(np.int32)))
                 kind_codes = np.where(own, -1, kind_codes).astype(np.int32)
                 continue
-            k = self.mp._k[key]
-            if not self.seen[k]:
+            t = types[:, k]
+            if not t.any():
                 continue
-            t = self.types[k]
-            codes = self._text(key)
+            codes = self._text(k)
             entries.append((key, np.where(t == T_ABSENT, -1, codes).astype(np.int32)))
         entries.append(("span.kind", kind_codes))
         return entries
@@ -660,13 +532,6 @@ def _map_one(view: SpanView, mp: ColumnarMapper, result: ColumnarResult) -> Requ
     if rec is not None and mp.trace_ids is not None:
         rec = mp.trace_ids.apply(rec)
     return rec
-
-
-def _us(seconds: F64, present: Mask) -> tuple[I64, Mask]:
-    """``genai._us``: round half up to whole microseconds, saturating at UInt32."""
-    x = seconds * 1e6 + 0.5
-    us = np.where(x < 4294967296.0, np.floor(np.where(present, x, 0.0)), float(_U32MAX))
-    return us.astype(np.int64), present
 
 
 def _nullable(

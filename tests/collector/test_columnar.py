@@ -250,6 +250,33 @@ def test_mapping_options_are_honoured_like_the_reference():
     assert_same(mixed_body(), mapping=mapping, pricer=PRICER)
 
 
+def test_boundary_values_give_the_reference_rows():
+    # Equalities and limits where a rule changes: E2E == TTFT (TPOT is 0, not absent),
+    # a zero decode time (no tokens/s), one output token, counts at and past UInt32,
+    # integral doubles as counts, cached tokens above the input, durations at the
+    # fast path's 1e9 s limit and a UInt32-saturating one.
+    edges = [
+        {**VLLM, "gen_ai.latency.e2e": 0.2, "gen_ai.latency.time_to_first_token": 0.2},
+        {**VLLM, "gen_ai.latency.time_in_model_decode": 0.0},
+        {**VLLM, "gen_ai.usage.completion_tokens": 1},
+        {**VLLM, "gen_ai.usage.completion_tokens": 2**32 - 1},
+        {**VLLM, "gen_ai.usage.completion_tokens": 2**40},
+        {**VLLM, "gen_ai.usage.prompt_tokens": 800.0, "gen_ai.usage.completion_tokens": 1e12},
+        {**CLIENT, "gen_ai.usage.cache_read.input_tokens": 70},
+        {**CLIENT, "gen_ai.usage.input_tokens": 0, "gen_ai.usage.cache_read.input_tokens": 5},
+        {**VLLM, "gen_ai.latency.e2e": 1e9},
+        {**VLLM, "gen_ai.latency.e2e": 5000.0},
+    ]
+    body = sdk_body(
+        [("llm_request", SpanKind.SERVER, attrs) for attrs in edges],
+        {"service.name": "chat-8b", "service.instance.id": "chat-8b-0"},
+    )
+    result = assert_same(body, pricer=PRICER)
+    assert result.accepted == len(edges)
+    out = columnar.ColumnarMapper(pricer=PRICER).map(body)
+    assert out is not None and out.reference_spans == 0
+
+
 def test_unknown_service_names_are_not_pools():
     body = sdk_body(
         [("llm_request", SpanKind.SERVER, VLLM)], {"service.name": "unknown_service:py"}
