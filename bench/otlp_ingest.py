@@ -27,7 +27,7 @@ Stages, same payloads, one run (all but ``http`` on one core; stages 1-5 are the
    between requests and the figure is the round trip's, not serve's capacity.
 
     .venv/bin/python -m bench.otlp_ingest [--spans 50000] [--batch 512] [--profile]
-    .venv/bin/python -m bench.otlp_ingest --http-batches 20000,100000  # stage 8 only
+    .venv/bin/python -m bench.otlp_ingest --http-batches 20000,50000  # stage 8 only
     .venv/bin/python -m bench.otlp_ingest --http-clients 1,4  # stage 8, 1 vs 4 clients
 """
 
@@ -387,8 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--profile", action="store_true", help="cProfile the in-process pipeline")
     ap.add_argument("--no-http", action="store_true")
-    ap.add_argument("--insert-batch", type=int, default=20_000, help="rows per insert_arrow")
-    ap.add_argument("--writer-batch", type=int, default=20_000, help="serve's batch_size")
+    ap.add_argument("--insert-batch", type=int, default=50_000, help="rows per insert_arrow")
+    ap.add_argument("--writer-batch", type=int, default=50_000, help="serve's batch_size")
     ap.add_argument("--repeat", type=int, default=3, help="best of N for stages 1-5")
     ap.add_argument(
         "--http-batches",

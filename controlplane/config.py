@@ -216,9 +216,9 @@ class PricingConfig(_Model):
 class WriterConfig(_Model):
     """The store writer (``collector.writer.Writer``) that ``serve`` feeds rows through."""
 
-    batch_size: int = Field(default=20_000, ge=1)
+    batch_size: int = Field(default=50_000, ge=1)
     flush_interval_s: float = Field(default=1.0, gt=0)
-    queue_max: int = Field(default=100_000, ge=1)
+    queue_max: int = Field(default=250_000, ge=1)
     spool_dir: str | None = None  # None: <store.data_dir>/spool; relative to the config file
     spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
 
