@@ -921,7 +921,11 @@ done:
 static PyMethodDef methods[] = {
     {"map", otlpmap_map, METH_VARARGS,
      "map(spans, span_attrs, res_attrs, nkeys, plan, strings, nstr, non_inference, "
-     "pool_by_model, default_pool, other_code) -> bytes of per-span results (_otlpmap.c)."},
+     "pool_by_model, default_pool, other_code) -> (per-span results, kept attribute codes) "
+     "(_otlpmap.c)."},
+    {"attr_map", otlpmap_attr_map, METH_VARARGS,
+     "attr_map(str_offsets, str_data, kept, ncols, names, rows) -> the Arrow buffers of a "
+     "Map(String, String) column (_otlpmap.c)."},
     {"gather", py_gather, METH_VARARGS,
      "gather(offsets, data, codes) -> (offsets, data) of the strings at codes."},
     {"decode", py_decode, METH_VARARGS,

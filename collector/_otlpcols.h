@@ -37,7 +37,8 @@ typedef struct {
     uint8_t pad[6];
 } OutRec; /* 128 bytes */
 
-/* map(...) of _otlpmap.c, a method of the _otlpcols module. */
+/* map(...) and attr_map(...) of _otlpmap.c, methods of the _otlpcols module. */
 PyObject *otlpmap_map(PyObject *self, PyObject *args);
+PyObject *otlpmap_attr_map(PyObject *self, PyObject *args);
 
 #endif

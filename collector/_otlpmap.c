@@ -3,7 +3,8 @@
  *
  * map(spans, span_attrs, res_attrs, nkeys, plan, strings, nstr, non_inference,
  *     pool_by_model, default_pool, other_code)
- *   -> bytes: one OutRec per span (OUT_DTYPE in collector/columnar.py)
+ *   -> (bytes: one OutRec per span (OUT_DTYPE in collector/columnar.py),
+ *       bytes: n rows of int32 string codes, the kept attributes (-1: absent))
  *
  * collector/columnar.py calls it with the buffers decode() returned and does the rest in
  * numpy: pricing, the trace-id policy, kept attributes and the Arrow table. strings[:nstr]
@@ -14,9 +15,13 @@
  * of a model (pool_by_model: model -> index after nstr; default_pool when absent).
  * default_pool and other_code are indexes after nstr too.
  *
- * plan (int32): OP, SYS, E2E, SERVICE_NAME (key indexes, -1 when absent), kinds_ok[7]
- * (1 when the mapping takes that span kind; index 6 is "out of range"), then for each role
- * in the order of enum Role: a count and that many key indexes, first match wins.
+ * plan (int32): OP, SYS, E2E, SERVICE_NAME, SPAN_KIND (key indexes, -1 when absent),
+ * kinds_ok[7] (1 when the mapping takes that span kind; index 6 is "out of range"), the
+ * names of the 6 span kinds (indexes after nstr), then for each role in the order of enum
+ * Role a count and that many key indexes (first match wins), then the kept attributes:
+ * a count and that many key indexes. The kept row of a span has one code per kept key and
+ * a last one for "span.kind" (the span's kind, unless a kept "span.kind" attribute holds
+ * the kind at its own position: map_span's order).
  *
  * Values the rules do not handle here (see "Exactness rule" in collector/columnar.py) set
  * OutRec.ref: that span is mapped by the reference code instead, so its other fields are
@@ -30,7 +35,8 @@ enum Role {
     R_TTFT, R_QUEUE, R_PREFILL, R_DECODE, R_INPUT, R_OUTPUT, R_CACHED, R_USAGE,
     R_ERROR, R_FINISH, R_MODEL, R_POOL, R_REPLICA, R_TENANT, R_PRIORITY, N_ROLES
 };
-enum { P_OP, P_SYS, P_E2E, P_SVC, P_KINDS, P_ROLES = P_KINDS + 7 };
+enum { P_OP, P_SYS, P_E2E, P_SVC, P_SPAN_KIND, P_KINDS, P_KIND_NAMES = P_KINDS + 7,
+       P_ROLES = P_KIND_NAMES + 6 };
 enum { F_NON_INFERENCE = 1, F_UNKNOWN_SERVICE = 2, F_OP_KNOWN = 4, F_SVC_KNOWN = 8 };
 
 static PyObject *UNKNOWN_SERVICE; /* "unknown_service", made on first use */
@@ -189,7 +195,7 @@ PyObject *otlpmap_map(PyObject *self, PyObject *args) {
     Py_ssize_t nkeys;
     int default_pool, other;
     Strs st = {0};
-    PyObject *result = NULL;
+    PyObject *result = NULL, *out_buf = NULL, *kept_buf = NULL;
     if (!PyArg_ParseTuple(args, "y*y*y*ny*O!nO!O!ii", &spans, &attrs, &res, &nkeys, &plan,
                           &PyList_Type, &st.strings, &st.nstr, &PyFrozenSet_Type,
                           &st.non_inference, &PyDict_Type, &st.pool_by_model, &default_pool,
@@ -218,7 +224,10 @@ PyObject *otlpmap_map(PyObject *self, PyObject *args) {
     }
     st.default_pool = (int32_t)(nstr + default_pool);
     for (int j = 0; j < P_KINDS; j++) {
-        if (pl[j] < -1 || pl[j] >= nkeys || (j != P_SVC && pl[j] < 0)) goto bad_plan;
+        if (pl[j] < -1 || pl[j] >= nkeys || (j < P_SVC && pl[j] < 0)) goto bad_plan;
+    }
+    for (int j = P_KIND_NAMES; j < P_ROLES; j++) {
+        if (pl[j] < 0 || nstr + pl[j] >= nall) goto bad_plan;
     }
     Py_ssize_t pos = P_ROLES;
     for (int r = 0; r < N_ROLES; r++) {
@@ -230,6 +239,11 @@ PyObject *otlpmap_map(PyObject *self, PyObject *args) {
         pos += 1 + pl[pos];
     }
     if ((roles[R_ERROR].n != 1 || roles[R_FINISH].n != 1)) goto bad_plan;
+    if (pos >= nplan || pl[pos] < 0 || pos + 1 + pl[pos] != nplan) goto bad_plan;
+    KeyList keep = {&pl[pos + 1], pl[pos]};
+    for (int j = 0; j < keep.n; j++)
+        if (keep.keys[j] < 0 || keep.keys[j] >= nkeys) goto bad_plan;
+    Py_ssize_t ncols = keep.n + 1; /* kept keys, then span.kind */
     if (check_codes(at, n * nkeys, nstr) < 0 || check_codes(rs, nres * nkeys, nstr) < 0)
         goto done;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -249,9 +263,11 @@ PyObject *otlpmap_map(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; i < nstr; i++) st.fill[i] = -1;
     other = (int)(nstr + other);
 
-    result = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(OutRec));
-    if (!result) goto done;
-    OutRec *out = (OutRec *)PyBytes_AS_STRING(result);
+    out_buf = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(OutRec));
+    kept_buf = PyBytes_FromStringAndSize(NULL, n * ncols * (Py_ssize_t)sizeof(int32_t));
+    if (!out_buf || !kept_buf) goto fail;
+    OutRec *out = (OutRec *)PyBytes_AS_STRING(out_buf);
+    int32_t *kept = (int32_t *)PyBytes_AS_STRING(kept_buf);
     memset(out, 0, (size_t)n * sizeof(OutRec));
     uint8_t kinds_ok[7];
     for (int j = 0; j < 7; j++) kinds_ok[j] = pl[P_KINDS + j] != 0;
@@ -339,8 +355,25 @@ PyObject *otlpmap_map(PyObject *self, PyObject *args) {
         o->has_prefill = (uint8_t)has_prefill;
         o->has_decode = (uint8_t)has_decode;
         o->has_tps = (uint8_t)has_tps;
+
+        /* Kept attributes as text, then span.kind (map_span's order). */
+        int32_t *row = &kept[i * ncols];
+        int32_t kind_name = (int32_t)nstr + pl[P_KIND_NAMES + (s->kind < 0 ? 0 : s->kind > 5 ? 5 : s->kind)];
+        for (int j = 0; j < keep.n; j++) {
+            int32_t k = keep.keys[j];
+            if (a[k].type == T_ABSENT) {
+                row[j] = -1;
+            } else if (k == pl[P_SPAN_KIND]) {
+                row[j] = kind_name;
+                kind_name = -1;
+            } else {
+                row[j] = text(a, k, 0, &ref);
+            }
+        }
+        row[keep.n] = kind_name;
         o->ref = ref;
     }
+    result = PyTuple_Pack(2, out_buf, kept_buf);
     goto done;
 fail:
     Py_CLEAR(result);
@@ -348,11 +381,99 @@ fail:
 bad_plan:
     PyErr_SetString(PyExc_ValueError, "malformed mapping plan");
 done:
+    Py_XDECREF(out_buf);
+    Py_XDECREF(kept_buf);
     PyMem_Free(st.flags);
     PyMem_Free(st.fill);
     PyBuffer_Release(&spans);
     PyBuffer_Release(&attrs);
     PyBuffer_Release(&res);
     PyBuffer_Release(&plan);
+    return result;
+}
+
+/* attr_map(str_offsets, str_data, kept, ncols, names, rows)
+     -> (offsets, key_offsets, key_data, value_offsets, value_data)
+   The Arrow buffers of a Map(String, String) column: for each row index in rows (int64),
+   the entries of that row of kept (int32 codes, ncols per row, -1: absent) named by
+   names[column]; strings given as Arrow buffers (int32 offsets). */
+PyObject *otlpmap_attr_map(PyObject *self, PyObject *args) {
+    Py_buffer offs, data, kept, names, rows;
+    Py_ssize_t ncols;
+    PyObject *result = NULL, *bufs[5] = {NULL};
+    if (!PyArg_ParseTuple(args, "y*y*y*ny*y*", &offs, &data, &kept, &ncols, &names, &rows))
+        return NULL;
+    const int32_t *o = offs.buf, *k = kept.buf, *nm = names.buf;
+    const int64_t *r = rows.buf;
+    Py_ssize_t nstr = offs.len / 4 - 1, nrows = rows.len / 8;
+    Py_ssize_t nspans = ncols > 0 ? kept.len / 4 / ncols : 0;
+    if (ncols <= 0 || nstr < 0 || kept.len != nspans * ncols * 4 || names.len != ncols * 4 ||
+        rows.len % 8) {
+        PyErr_SetString(PyExc_ValueError, "inconsistent sizes");
+        goto done;
+    }
+    for (Py_ssize_t j = 0; j < nstr; j++) {
+        if (o[j] < 0 || o[j] > o[j + 1] || o[j + 1] > data.len) {
+            PyErr_SetString(PyExc_ValueError, "bad string offsets");
+            goto done;
+        }
+    }
+    for (Py_ssize_t c = 0; c < ncols; c++) {
+        if (nm[c] < 0 || nm[c] >= nstr) goto bad_code;
+    }
+    /* Count entries and bytes. */
+    int64_t entries = 0, key_bytes = 0, val_bytes = 0;
+    for (Py_ssize_t i = 0; i < nrows; i++) {
+        if (r[i] < 0 || r[i] >= nspans) goto bad_code;
+        const int32_t *row = &k[r[i] * ncols];
+        for (Py_ssize_t c = 0; c < ncols; c++) {
+            if (row[c] < 0) continue;
+            if (row[c] >= nstr) goto bad_code;
+            entries++;
+            key_bytes += o[nm[c] + 1] - o[nm[c]];
+            val_bytes += o[row[c] + 1] - o[row[c]];
+        }
+    }
+    if (entries > INT32_MAX || key_bytes > INT32_MAX || val_bytes > INT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "attributes exceed 2 GiB");
+        goto done;
+    }
+    Py_ssize_t sizes[5] = {(nrows + 1) * 4, (entries + 1) * 4, key_bytes, (entries + 1) * 4,
+                           val_bytes};
+    for (int b = 0; b < 5; b++) {
+        if (!(bufs[b] = PyBytes_FromStringAndSize(NULL, sizes[b]))) goto done;
+    }
+    int32_t *mo = (int32_t *)PyBytes_AS_STRING(bufs[0]);
+    int32_t *ko = (int32_t *)PyBytes_AS_STRING(bufs[1]), *vo = (int32_t *)PyBytes_AS_STRING(bufs[3]);
+    char *kd = PyBytes_AS_STRING(bufs[2]), *vd = PyBytes_AS_STRING(bufs[4]);
+    const char *src = data.buf;
+    int32_t e = 0, kp = 0, vp = 0;
+    mo[0] = ko[0] = vo[0] = 0;
+    for (Py_ssize_t i = 0; i < nrows; i++) {
+        const int32_t *row = &k[r[i] * ncols];
+        for (Py_ssize_t c = 0; c < ncols; c++) {
+            if (row[c] < 0) continue;
+            int32_t kl = o[nm[c] + 1] - o[nm[c]], vl = o[row[c] + 1] - o[row[c]];
+            memcpy(kd + kp, src + o[nm[c]], (size_t)kl);
+            memcpy(vd + vp, src + o[row[c]], (size_t)vl);
+            kp += kl;
+            vp += vl;
+            e++;
+            ko[e] = kp;
+            vo[e] = vp;
+        }
+        mo[i + 1] = e;
+    }
+    result = PyTuple_Pack(5, bufs[0], bufs[1], bufs[2], bufs[3], bufs[4]);
+    goto done;
+bad_code:
+    PyErr_SetString(PyExc_IndexError, "string code or row out of range");
+done:
+    for (int b = 0; b < 5; b++) Py_XDECREF(bufs[b]);
+    PyBuffer_Release(&offs);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&kept);
+    PyBuffer_Release(&names);
+    PyBuffer_Release(&rows);
     return result;
 }

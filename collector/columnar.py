@@ -144,7 +144,6 @@ class ColumnarMapper:
             )
         self._k = {k: i for i, k in enumerate(self.keys)}
         self._markers = tuple(self._k[k] for k in (g.OPERATION, g.SYSTEM, g.LAT_E2E))
-        self._plan = self._kernel_plan(m)
         self._keep = list(dict.fromkeys(m.keep_attributes))
         # Pricing is vectorized for the shipped Pricer only; another pricer is called per
         # record by the reference path.
@@ -159,6 +158,11 @@ class ColumnarMapper:
         self._pool_by_model = {
             model: self._extra_at[pool] for model, pool in m.pool_by_model.items() if pool
         }
+        # The attributes map's key names: kept keys, then "span.kind" (after a body's strings).
+        self._kept_names = np.array(
+            [self._extra_at[key] for key in [*self._keep, "span.kind"]], dtype=np.int32
+        )
+        self._plan = self._kernel_plan(m)
         encoded = [e.encode() for e in self._extras]
         self._extras_data = b"".join(encoded)
         self._extras_ends = np.cumsum([len(e) for e in encoded], dtype=np.int64)
@@ -166,14 +170,16 @@ class ColumnarMapper:
     def _kernel_plan(self, m: AttributeMapping) -> bytes:
         """The key indexes ``_otlpcols.map`` reads for each role (see ``_otlpmap.c``)."""
         k = self._k
-        plan = [*self._markers, k.get("service.name", -1)]
+        plan = [*self._markers, k.get("service.name", -1), k.get("span.kind", -1)]
         plan += [k in m.span_kinds for k in SPAN_KINDS] + [False]
+        plan += [self._extra_at[kind] for kind in SPAN_KINDS]
         roles: tuple[Sequence[str], ...] = (
             (g.LAT_TTFT, g.TIME_TO_FIRST_CHUNK, g.SERVER_TTFT), (g.LAT_QUEUE,),
             (g.LAT_PREFILL,), (g.LAT_DECODE,), (g.INPUT_TOKENS, g.PROMPT_TOKENS),
             (g.OUTPUT_TOKENS, g.COMPLETION_TOKENS), (g.CACHE_READ, g.CACHE_READ_OLD),
             (g.USAGE_COST,), (g.ERROR_TYPE,), (g.FINISH_REASONS,),
             m.model_keys, m.pool_keys, m.replica_keys, m.tenant_keys, m.priority_keys,
+            self._keep,
         )  # fmt: skip
         for keys in roles:
             plan += [len(keys), *(k[key] for key in keys)]
@@ -239,33 +245,24 @@ class _Body:
         offs, data = _otlpcols.gather(self.blob_offsets, self.blob_data, codes)
         return pa.StringArray.from_buffers(len(codes), pa.py_buffer(offs), pa.py_buffer(data))
 
-    def _text(self, k: int) -> npt.NDArray[np.int32]:
-        """String codes of span attribute ``k`` read as text (0 when absent)."""
-        col = self.attrs[:, k]
-        t = col["type"]
-        self.ref |= (t != T_ABSENT) & (t != T_STR) & (t != T_STRARR)
-        return np.where((t == T_STR) | (t == T_STRARR), col["code"], 0).astype(np.int32)
-
     # -- mapping ----------------------------------------------------------------------
     def run(self) -> ColumnarResult:
         """``map_span``'s rules (``_otlpmap.c``), then prices, ids, attributes, the table."""
         assert _otlpcols is not None
         mp = self.mp
-        o = np.frombuffer(
-            _otlpcols.map(
-                self.spans, self.attrs, self.res_buf, len(mp.keys), mp._plan,
-                self.strings, self.nstr, g.NON_INFERENCE_OPERATIONS, mp._pool_by_model,
-                mp._extra_at[mp.mapping.default_pool], mp._extra_at["_OTHER"],
-            ),
-            dtype=OUT_DTYPE,
+        out, kept = _otlpcols.map(
+            self.spans, self.attrs, self.res_buf, len(mp.keys), mp._plan,
+            self.strings, self.nstr, g.NON_INFERENCE_OPERATIONS, mp._pool_by_model,
+            mp._extra_at[mp.mapping.default_pool], mp._extra_at["_OTHER"],
         )  # fmt: skip
+        o = np.frombuffer(out, dtype=OUT_DTYPE)
 
         def flag(name: str) -> Mask:
             return o[name].view(np.bool_)
 
         self.ref = o["ref"].astype(bool)  # spans the reference code maps
         spans = self.spans
-        start, kind = spans["start"], spans["kind"]
+        start = spans["start"]
         failed = flag("failed")
         has_ttft, has_tpot, has_tps = flag("has_ttft"), flag("has_tpot"), flag("has_tps")
         has_queue, has_prefill = flag("has_queue"), flag("has_prefill")
@@ -280,7 +277,6 @@ class _Body:
 
         ids = self._ids(failed, ttft_us, has_ttft, e2e_us)
 
-        kept = self._kept(kind)
         mapped = flag("mapped")
         fast = mapped & ~self.ref
         ref_idx = np.flatnonzero(mapped & self.ref)
@@ -433,42 +429,20 @@ class _Body:
         span[~keep] = 0
         return trace, span
 
-    def _kept(self, kind: npt.NDArray[np.int32]) -> list[tuple[str, npt.NDArray[np.int32]]]:
-        """String codes (-1: absent) of ``keep_attributes`` on the span, then span.kind."""
-        entries: list[tuple[str, npt.NDArray[np.int32]]] = []
-        names = np.array([self.extra[k] for k in SPAN_KINDS], dtype=np.int32)
-        kind_codes = names[np.clip(kind, 0, 5)]
-        types = self.attrs["type"]
-        # map_span keeps span attributes first, then sets "span.kind": that key sits where
-        # keep_attributes puts it only if the span has an attribute of that name.
-        for key in self.mp._keep:
-            k = self.mp._k[key]
-            if key == "span.kind":
-                own = types[:, k] != T_ABSENT
-                entries.append((key, np.where(own, kind_codes, -1).astype(np.int32)))
-                kind_codes = np.where(own, -1, kind_codes).astype(np.int32)
-                continue
-            t = types[:, k]
-            if not t.any():
-                continue
-            codes = self._text(k)
-            entries.append((key, np.where(t == T_ABSENT, -1, codes).astype(np.int32)))
-        entries.append(("span.kind", kind_codes))
-        return entries
-
-    def _attributes(
-        self, entries: list[tuple[str, npt.NDArray[np.int32]]], rows: npt.NDArray[Any]
-    ) -> pa.Array:
-        """The ``attributes`` map column of ``rows``."""
-        vals = np.stack([c[rows] for _, c in entries], axis=1)  # (rows, entries)
-        present = vals >= 0
-        offsets = np.zeros(len(rows) + 1, dtype=np.int32)
-        np.cumsum(present.sum(axis=1), out=offsets[1:])
-        key_idx = np.broadcast_to(np.arange(len(entries), dtype=np.int32), vals.shape)[present]
-        names = np.array([self.extra[k] for k, _ in entries], dtype=np.int32)
-        return pa.MapArray.from_arrays(
-            pa.array(offsets), self.strs(names[key_idx]), self.strs(vals[present])
-        )
+    def _attributes(self, kept: bytes, rows: npt.NDArray[Any]) -> pa.Array:
+        """The ``attributes`` map column of ``rows`` (kept codes from the kernel)."""
+        assert _otlpcols is not None
+        names = self.mp._kept_names + np.int32(self.nstr)
+        offs, koffs, kdata, voffs, vdata = _otlpcols.attr_map(
+            self.blob_offsets, self.blob_data, kept, len(names), names,
+            np.ascontiguousarray(rows, dtype=np.int64),
+        )  # fmt: skip
+        n = len(rows)
+        entries = len(koffs) // 4 - 1
+        keys = pa.StringArray.from_buffers(entries, pa.py_buffer(koffs), pa.py_buffer(kdata))
+        values = pa.StringArray.from_buffers(entries, pa.py_buffer(voffs), pa.py_buffer(vdata))
+        offsets = pa.Array.from_buffers(pa.int32(), n + 1, [None, pa.py_buffer(offs)])
+        return pa.MapArray.from_arrays(offsets, keys, values)
 
     def _reference(self, result: ColumnarResult, ref_idx: npt.NDArray[Any], rows: Any) -> None:
         """Map ``ref_idx`` spans with ``map_span`` and merge them in span order."""

@@ -277,6 +277,35 @@ def test_boundary_values_give_the_reference_rows():
     assert out is not None and out.reference_spans == 0
 
 
+def test_kept_attributes_follow_map_spans_order_and_text_rules():
+    # A span's own "span.kind" attribute holds the kind at the kept key's position (and no
+    # second "span.kind" entry follows); a kept array of strings is kept joined.
+    mapping = AttributeMapping(
+        keep_attributes=("span.kind", "gen_ai.response.finish_reasons", "gen_ai.request.id")
+    )
+    body = sdk_body(
+        [
+            ("llm_request", SpanKind.SERVER, {**VLLM, "span.kind": "custom"}),
+            ("chat", SpanKind.CLIENT, {**CLIENT, "gen_ai.response.finish_reasons": ["a", "b"]}),
+            ("llm_request", SpanKind.SERVER, VLLM),
+        ],
+        {"service.name": "chat-8b"},
+    )
+    result = assert_same(body, mapping=mapping)
+    assert result.accepted == 3
+    out = columnar.ColumnarMapper(mapping=mapping).map(body)
+    assert out is not None and out.reference_spans == 0
+    rows = [dict(r) for r in out.table.column("attributes").to_pylist()]
+    assert [list(r) for r in rows] == [
+        ["span.kind", "gen_ai.request.id"],
+        ["gen_ai.response.finish_reasons", "span.kind"],
+        ["gen_ai.request.id", "span.kind"],
+    ]
+    assert rows[0]["span.kind"] == "server" and rows[1]["span.kind"] == "client"
+    assert "a" in rows[1]["gen_ai.response.finish_reasons"]
+    assert "b" in rows[1]["gen_ai.response.finish_reasons"]
+
+
 def test_unknown_service_names_are_not_pools():
     body = sdk_body(
         [("llm_request", SpanKind.SERVER, VLLM)], {"service.name": "unknown_service:py"}
