@@ -29,6 +29,7 @@ Stages, same payloads, one run (all but ``http`` on one core; stages 1-5 are the
     .venv/bin/python -m bench.otlp_ingest [--spans 50000] [--batch 512] [--profile]
     .venv/bin/python -m bench.otlp_ingest --http-batches 20000,50000  # stage 8 only
     .venv/bin/python -m bench.otlp_ingest --http-clients 1,4  # stage 8, 1 vs 4 clients
+    .venv/bin/python -m bench.otlp_ingest --http-trees ,/tmp/old  # this tree vs a checkout
 """
 
 from __future__ import annotations
@@ -284,10 +285,13 @@ def stage_http(
     writer_batch: int,
     queue_max: int = 0,
     clients: int = 1,
+    tree: str = "",
 ) -> float:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "GOVERNOR_API_TOKENS": TOKENS}
+    if tree:  # serve from another checkout (its C extension built in place)
+        env["PYTHONPATH"] = tree
     config = data_dir / "governor.yaml"
     writer = f"writer:\n  batch_size: {writer_batch}\n"
     if queue_max:
@@ -311,7 +315,7 @@ def stage_http(
         str(config),
     ]
     log = (data_dir / "serve.log").open("wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tree or None)
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -349,25 +353,31 @@ def stage_http(
 
 
 def compare_http(
-    bodies: list[bytes], n: int, tmp: Path, batches: list[int], clients: list[int]
+    bodies: list[bytes],
+    n: int,
+    tmp: Path,
+    batches: list[int],
+    clients: list[int],
+    trees: list[str],
 ) -> None:
-    """The HTTP stage for each writer batch size and number of clients, alternating,
-    each in a fresh store."""
-    configs = [(b, c) for b in batches for c in clients]
-    results: dict[tuple[int, int], list[float]] = {k: [] for k in configs}
+    """The HTTP stage for each source tree, writer batch size and number of clients,
+    alternating, each in a fresh store."""
+    configs = [(t, b, c) for t in trees for b in batches for c in clients]
+    results: dict[tuple[str, int, int], list[float]] = {k: [] for k in configs}
     for r in range(REPEAT):
-        for b, c in configs:
-            d = tmp / f"http-{b}-{c}-{r}"
+        for i, (t, b, c) in enumerate(configs):
+            d = tmp / f"http-{i}-{r}"
             d.mkdir()
-            secs = stage_http(bodies, n, d, b, queue_max=5 * b, clients=c)
-            results[(b, c)].append(n / secs)
-            print(f"  round {r + 1} batch {b:,}, {c} client(s): {n / secs:,.0f} spans/s",
-                  flush=True)  # fmt: skip
-    print(f"{'writer batch':>12} {'queue_max':>10} {'clients':>8} {'median spans/s':>15}"
-          f" {'runs':>30}")  # fmt: skip
-    for (b, c), rates in results.items():
+            secs = stage_http(bodies, n, d, b, queue_max=5 * b, clients=c, tree=t)
+            results[(t, b, c)].append(n / secs)
+            print(f"  round {r + 1} {t or 'this tree'}, batch {b:,}, {c} client(s):"
+                  f" {n / secs:,.0f} spans/s", flush=True)  # fmt: skip
+    print(f"{'tree':>16} {'writer batch':>12} {'queue_max':>10} {'clients':>8}"
+          f" {'median spans/s':>15} {'runs':>30}")  # fmt: skip
+    for (t, b, c), rates in results.items():
         runs = ", ".join(f"{x / 1000:.1f}k" for x in rates)
-        print(f"{b:>12,} {5 * b:>10,} {c:>8} {statistics.median(rates):>15,.0f} {runs:>30}")
+        print(f"{(t or 'this tree')[-16:]:>16} {b:>12,} {5 * b:>10,} {c:>8}"
+              f" {statistics.median(rates):>15,.0f} {runs:>30}")  # fmt: skip
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
@@ -400,8 +410,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="4",
         help="exporters posting at once (comma-separated list: compared, alternating)",
     )
+    ap.add_argument(
+        "--http-trees",
+        help="only the HTTP stage, serve run from each source tree in this comma-separated"
+        " list ('' is this one), alternating: compares code versions side by side",
+    )
     args = ap.parse_args(argv)
     clients = [int(c) for c in args.http_clients.split(",")]
+    trees = args.http_trees.split(",") if args.http_trees is not None else [""]
     global REPEAT
     REPEAT = max(args.repeat, 1)
     if hasattr(os, "sched_setaffinity") and os.cpu_count() and os.cpu_count() > 1:
@@ -415,10 +431,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" writer batch {args.writer_batch}"
     )
     tmp = Path(tempfile.mkdtemp(prefix="bench-otlp-"))
-    if args.http_batches or len(clients) > 1:
+    if args.http_batches or len(clients) > 1 or len(trees) > 1:
         batches = [int(b) for b in (args.http_batches or str(args.writer_batch)).split(",")]
         try:
-            compare_http(bodies, n, tmp, batches, clients)
+            compare_http(bodies, n, tmp, batches, clients, trees)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return 0

@@ -52,8 +52,9 @@ TABLE = "requests"
 # The Arrow types both store drivers insert into the ``requests`` columns
 # (``controlplane.store.columns.arrow_type`` of m0001's column types).
 _U32 = pa.uint32()
+_TS = pa.timestamp("us", tz="UTC")  # pa.array(values, _TS) costs ~140 us a call
 SCHEMA = pa.schema([
-    ("ts", pa.timestamp("us", tz="UTC")), ("pool", pa.string()), ("model", pa.string()),
+    ("ts", _TS), ("pool", pa.string()), ("model", pa.string()),
     ("replica", pa.string()), ("tenant", pa.string()), ("priority", pa.string()),
     ("status", pa.string()), ("error_type", pa.string()), ("finish_reason", pa.string()),
     ("trace_id", pa.binary(16)), ("span_id", pa.binary(8)),
@@ -297,7 +298,7 @@ class _Body:
         trace, span_id = ids
         table = pa.Table.from_arrays(
             [
-                pa.array((start[rows] // np.uint64(1000)).astype(np.int64), SCHEMA.field(0).type),
+                _nullable((start[rows] // np.uint64(1000)).astype(np.int64), _TS, None, rows),
                 s(pool), s(model), s(replica), s(o["tenant"]), s(o["priority"]),
                 s(np.where(failed, self.extra["error"], self.extra["ok"])),
                 s(o["error"]), s(o["finish"]),
