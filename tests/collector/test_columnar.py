@@ -123,6 +123,12 @@ def test_the_extension_is_built_so_the_receiver_takes_the_fast_path():
     assert OtlpIngest(ArrowSink()).columnar
 
 
+def test_the_record_layouts_match_the_extension():
+    assert columnar.SPAN_DTYPE.itemsize == columnar._otlpcols.SPAN_SIZE
+    assert columnar.ATTR_DTYPE.itemsize == columnar._otlpcols.ATTR_SIZE
+    assert columnar.OUT_DTYPE.itemsize == columnar._otlpcols.OUT_SIZE
+
+
 # Wire types the C decoder expects for each field of the OTLP trace schema: protobuf
 # type numbers from descriptor.proto (9 string, 11 message, 12 bytes, 13 uint32, 5 int32,
 # 3 int64, 8 bool, 1 double, 6 fixed64, 7 fixed32, 14 enum).
