@@ -2,13 +2,14 @@
 
 The fast path of the OTLP receiver. ``collector._otlpcols`` (C) walks the protobuf wire
 format and returns per-span columns: times, kind, status, ids, and for each attribute key
-the mapping reads (``genai.wanted_keys``) a typed value. This module then applies
-``collector.genai.map_span``'s rules with numpy over whole columns, prices the rows per
-distinct pool or model (``collector.pricing.Pricer``'s rules), applies the trace-id
-policy, and builds the table with the ``requests`` column types.
+the mapping reads (``genai.wanted_keys``) a typed value. Its kernel (``_otlpmap.c``)
+applies ``collector.genai.map_span``'s per-span rules in one pass over those records.
+This module then prices the rows per distinct pool or model with numpy
+(``collector.pricing.Pricer``'s rules), applies the trace-id policy, and builds the table
+with the ``requests`` column types from the kernel's buffers.
 
-Exactness rule: anything the vectorized code does not handle is sent to the reference
-code, so results, errors and messages are the reference's:
+Exactness rule: anything the fast path does not handle is sent to the reference code, so
+results, errors and messages are the reference's:
 
 * the whole body, when the C decoder does not accept it (malformed, unusual encodings:
   see ``_otlpcols.c``), or when the pricer is not a plain ``Pricer``;
@@ -92,7 +93,6 @@ OUT_DTYPE = np.dtype({
                + [112 + i for i in range(10)],
     "itemsize": 128,
 })  # fmt: skip
-T_ABSENT, T_STR, T_INT, T_DBL, T_BOOL, T_STRARR, T_OTHER = range(7)
 
 Mask = npt.NDArray[np.bool_]
 F64 = npt.NDArray[np.float64]
