@@ -53,13 +53,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.trace import SpanKind
 
 from collector.genai import wanted_keys
@@ -87,7 +87,7 @@ def payloads(total: int, batch: int) -> list[bytes]:
     now = time.time_ns()
     out = []
     for start in range(0, total, batch):
-        spans = []
+        spans: list[ReadableSpan] = []
         for i in range(start, min(start + batch, total)):
             span = tracer.start_span("llm_request", kind=SpanKind.SERVER,
                                      start_time=now - 5_000_000_000 + i * 1000, attributes={
@@ -105,7 +105,7 @@ def payloads(total: int, batch: int) -> list[bytes]:
                 "gen_ai.latency.time_in_model_inference": 4.19,
             })  # fmt: skip
             span.end(end_time=now)
-            spans.append(span)
+            spans.append(cast(ReadableSpan, span))  # the SDK's spans are ReadableSpans
         out.append(encode_spans(spans).SerializeToString())
     return out
 
@@ -420,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     trees = args.http_trees.split(",") if args.http_trees is not None else [""]
     global REPEAT
     REPEAT = max(args.repeat, 1)
-    if hasattr(os, "sched_setaffinity") and os.cpu_count() and os.cpu_count() > 1:
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {1})  # stages 1-5 on one core; serve gets the other
     bodies = payloads(args.spans, args.batch)
     n = args.spans
