@@ -23,7 +23,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from controlplane.slo.burn import Counts
-from controlplane.slo.hours import ColKey, HourCache, Series, selectors_sql
+from controlplane.slo.hours import ColKey, HourCache, Series, bind_cols, selectors_sql
 from controlplane.slo.spec import GAUGE_FIELDS, SLO
 from controlplane.slo.statement import run_parts
 from controlplane.store.base import Store, check_identifier
@@ -91,10 +91,8 @@ class _Edges:
         key = (expr, pname, value)
         if key not in self.cols:
             n = len(self.cols)
-            if pname:
-                self.params[f"{pname}{n}"] = value
-                expr = expr.replace("{" + pname + ":", "{" + f"{pname}{n}" + ":")
-            self.col_sql.append(f"{expr} AS c{n}")
+            (sql,) = bind_cols([key], self.params, [n])
+            self.col_sql.append(f"{sql} AS c{n}")
             self.cols[key] = n
         return self.cols[key]
 
