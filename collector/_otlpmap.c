@@ -6,14 +6,15 @@
  *   -> (bytes: one OutRec per span (OUT_DTYPE in collector/columnar.py),
  *       bytes: n rows of int32 string codes, the kept attributes (-1: absent))
  *
- * collector/columnar.py calls it with the buffers decode() returned and does the rest in
- * numpy: pricing, the trace-id policy, kept attributes and the Arrow table. strings[:nstr]
- * are decode()'s strings, followed by the mapper's own (pool names, "_OTHER"). Decisions
- * on a string's text are made once per string code, and only for the codes that need
- * them (a body's strings include per-span ids): whether an operation name is in the
- * non_inference set, whether a service.name starts with "unknown_service", and the pool
- * of a model (pool_by_model: model -> index after nstr; default_pool when absent).
- * default_pool and other_code are indexes after nstr too.
+ * collector/columnar.py calls it with the buffers decode() returned and does the rest:
+ * pricing and the trace-id policy in numpy, then the Arrow columns (the attributes map
+ * through attr_map below). strings[:nstr] are decode()'s strings, followed by the
+ * mapper's own (pool names, "_OTHER"). Decisions on a string's text are made once per
+ * string code, and only for the codes that need them (a body's strings include
+ * per-span ids): whether an operation name is in the non_inference set, whether a
+ * service.name starts with "unknown_service", and the pool of a model (pool_by_model:
+ * model -> index after nstr; default_pool when absent). default_pool and other_code are
+ * indexes after nstr too.
  *
  * plan (int32): OP, SYS, E2E, SERVICE_NAME, SPAN_KIND (key indexes, -1 when absent),
  * kinds_ok[7] (1 when the mapping takes that span kind; index 6 is "out of range"), the
