@@ -224,19 +224,25 @@ def stage_pipeline(bodies: list[bytes], data_dir: Path, writer_batch: int = 5000
 
     store = ChdbStore(data_dir, database=f"b_{uuid.uuid4().hex[:8]}")
     migrate(store)
+    queue_max = 5 * writer_batch
     writer = Writer(  # as serve builds it (controlplane.ingest.shared_writer)
         store, spool_dir=data_dir / "spool", batch_size=writer_batch,
-        backlog_max_rows=4 * writer_batch,
+        backlog_max_rows=4 * writer_batch, queue_max=queue_max,
     )  # fmt: skip
     writer.start()
-    ingest = OtlpIngest(writer, pricer=pricer())
+    # With serve's back-pressure: a full queue refuses the request (retried below)
+    # instead of the writer dropping the rows that do not fit.
+    ingest = OtlpIngest(
+        writer, pricer=pricer(), room=lambda: queue_max - writer.stats().queued
+    )
     assert ingest.columnar
+    total = 0
     try:
         t0 = time.perf_counter()
         for b in bodies:
             while True:
                 try:
-                    ingest.handle(b, PROTOBUF, None)
+                    total += ingest.handle(b, PROTOBUF, None).accepted
                     break
                 except IngestOverloaded:
                     time.sleep(0.05)
@@ -246,7 +252,8 @@ def stage_pipeline(bodies: list[bytes], data_dir: Path, writer_batch: int = 5000
     finally:
         writer.stop()
         store.close()
-    assert inserted >= sum(1 for _ in bodies), inserted
+    dropped = writer.stats().dropped
+    assert inserted == total and not any(dropped.values()), (inserted, total, dropped)
     return elapsed
 
 
