@@ -14,25 +14,29 @@ import argparse
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from controlplane.sim.backtest import BacktestConfig, run_backtest
 from controlplane.sim.calibration import LLAMA31_8B_H100_VLLM
 from controlplane.sim.single import run_engine
 from controlplane.sim.traffic import read_azure_csv, replay
 
+T = TypeVar("T")
 
-def best_of(repeat: int, fn):
+
+def best_of(repeat: int, fn: Callable[[], T]) -> tuple[tuple[float, float], T]:
     """Best wall time and best CPU time of ``repeat`` runs (CPU time is what to compare on
     a shared machine: wall time includes waiting for the other tenants' processes)."""
-    best = cpu = None
-    out = None
+    if repeat < 1:
+        raise ValueError(f"repeat must be at least 1, got {repeat}")
+    best = cpu = float("inf")
     for _ in range(repeat):
         t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
-        dt, dc = time.perf_counter() - t0, time.process_time() - c0
-        best = dt if best is None else min(best, dt)
-        cpu = dc if cpu is None else min(cpu, dc)
+        best = min(best, time.perf_counter() - t0)
+        cpu = min(cpu, time.process_time() - c0)
     return (best, cpu), out
 
 

@@ -12,17 +12,24 @@ from __future__ import annotations
 import math
 
 from controlplane.sim.calibration import LLAMA31_8B_H100_VLLM, LLAMA31_8B_H200_VLLM
-from controlplane.sim.single import poisson, run_engine, sharegpt_like, summarize
+from controlplane.sim.single import Summary, poisson, run_engine, sharegpt_like, summarize
 from controlplane.sim.traffic import lognormal_tokens
 
 LAMBDA_IN = [13, 25, 27, 10, 329, 29, 399, 328, 4, 205]
 LAMBDA_OUT = [120, 429, 233, 194, 101, 741, 9, 3, 6, 31]
 
 
-def row(label, source, s, pub_ttft, pub_tpot, ttft_kind="median"):
+def row(
+    label: str,
+    source: str,
+    s: Summary,
+    pub_ttft: float | None,
+    pub_tpot: float | None,
+    ttft_kind: str = "median",
+) -> None:
     sim_ttft = s.mean_ttft_ms if ttft_kind == "mean" else s.median_ttft_ms
 
-    def ratio(sim, pub):
+    def ratio(sim: float, pub: float | None) -> str:
         return "-" if pub is None else f"{sim / pub:.2f}"
 
     pt = "-" if pub_ttft is None else f"{pub_ttft:.1f}"
