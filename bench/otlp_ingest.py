@@ -153,11 +153,16 @@ CONFIG = (
 )
 
 
-def stage_map(bodies: list[bytes]) -> None:
+def _check(accepted: int, expect: int | None) -> None:
+    """Every span posted became a row: a stage that skipped or refused some would
+    report a rate for work it did not do."""
+    assert expect is None or accepted == expect, f"{accepted} rows from {expect} spans"
+
+
+def stage_map(bodies: list[bytes], expect: int | None = None) -> None:
     ingest = OtlpIngest(NullSink(), pricer=pricer())
     assert not ingest.columnar
-    for b in bodies:
-        ingest.handle(b, PROTOBUF, None)
+    _check(sum(ingest.handle(b, PROTOBUF, None).accepted for b in bodies), expect)
 
 
 def stage_c_decode(bodies: list[bytes]) -> None:
@@ -170,11 +175,10 @@ def stage_c_decode(bodies: list[bytes]) -> None:
         _otlpcols.decode(b, keys, markers, "llm_request")
 
 
-def stage_columnar(bodies: list[bytes]) -> None:
+def stage_columnar(bodies: list[bytes], expect: int | None = None) -> None:
     ingest = OtlpIngest(NullArrowSink(), pricer=pricer())
     assert ingest.columnar, "collector._otlpcols is not built"
-    for b in bodies:
-        ingest.handle(b, PROTOBUF, None)
+    _check(sum(ingest.handle(b, PROTOBUF, None).accepted for b in bodies), expect)
 
 
 class ArrowListSink(NullSink):
@@ -193,7 +197,9 @@ class ListSink:
         self.records.extend(records)
 
 
-def stage_insert(bodies: list[bytes], data_dir: Path, batch: int) -> float:
+def stage_insert(
+    bodies: list[bytes], data_dir: Path, batch: int, expect: int | None = None
+) -> float:
     """Store cost alone: the columnar path's tables, ``batch`` rows per ``insert_arrow``."""
     import pyarrow as pa
 
@@ -205,6 +211,7 @@ def stage_insert(bodies: list[bytes], data_dir: Path, batch: int) -> float:
     for b in bodies:
         ingest.handle(b, PROTOBUF, None)
     table = pa.concat_tables(sink.tables)
+    _check(table.num_rows, expect)
     store = ChdbStore(data_dir, database=f"b_{uuid.uuid4().hex[:8]}")
     migrate(store)
     try:
@@ -212,12 +219,17 @@ def stage_insert(bodies: list[bytes], data_dir: Path, batch: int) -> float:
         t0 = time.perf_counter()
         for i in range(0, table.num_rows, batch):
             store.insert_arrow("requests", table.slice(i, batch), dedup_token=uuid.uuid4().hex)
-        return time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0
+        (stored,) = store.query("SELECT count() FROM requests").rows[0]
+        assert stored == table.num_rows + 1, (stored, table.num_rows + 1)  # + the warm-up
+        return elapsed
     finally:
         store.close()
 
 
-def stage_pipeline(bodies: list[bytes], data_dir: Path, writer_batch: int = 5000) -> float:
+def stage_pipeline(
+    bodies: list[bytes], data_dir: Path, writer_batch: int = 5000, expect: int | None = None
+) -> float:
     from collector.writer import Writer
     from controlplane.store.chdb_driver import ChdbStore
     from controlplane.store.migrate import migrate
@@ -252,6 +264,7 @@ def stage_pipeline(bodies: list[bytes], data_dir: Path, writer_batch: int = 5000
         store.close()
     dropped = writer.stats().dropped
     assert inserted == total and not any(dropped.values()), (inserted, total, dropped)
+    _check(total, expect)
     return elapsed
 
 
@@ -340,11 +353,12 @@ def stage_http(
         with ThreadPoolExecutor(clients) as pool:
             retries = sum(pool.map(lambda share: _post_all(url, share), shares))
         posted = time.perf_counter() - t0
-        while _inserted(url) < total:
+        while (inserted := _inserted(url)) < total:
             if time.perf_counter() - t0 > 600:
                 raise RuntimeError("rows did not all arrive")
             time.sleep(0.05)
         elapsed = time.perf_counter() - t0
+        assert inserted == total, f"serve inserted {inserted:.0f} rows for {total} spans"
         print(f"  (http, {clients} client(s): all POSTs answered after {posted:.2f}s;"
               f" {retries} retried after 503)")  # fmt: skip
         return elapsed
@@ -447,12 +461,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = [
             ("parse (upb only)", timed(lambda: stage_parse(bodies))),
             ("old decode", timed(lambda: stage_decode(bodies))),
-            ("old decode+map", timed(lambda: stage_map(bodies))),
+            ("old decode+map", timed(lambda: stage_map(bodies, n))),
             ("C decode only", timed(lambda: stage_c_decode(bodies))),
-            ("columnar decode+map", timed(lambda: stage_columnar(bodies))),
+            ("columnar decode+map", timed(lambda: stage_columnar(bodies, n))),
             (f"insert_arrow ({args.insert_batch})",
-             stage_insert(bodies, tmp / "pipe", args.insert_batch)),
-            ("pipeline -> chDB", stage_pipeline(bodies, tmp / "pipe", args.writer_batch)),
+             stage_insert(bodies, tmp / "pipe", args.insert_batch, n)),
+            ("pipeline -> chDB", stage_pipeline(bodies, tmp / "pipe", args.writer_batch, n)),
         ]  # fmt: skip
         if not args.no_http:
             secs = stage_http(bodies, n, tmp, args.writer_batch, clients=clients[0])

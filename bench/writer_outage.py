@@ -156,6 +156,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t_end = t_up + args.after
     recovered_at: float | None = None
     spool_empty_at: float | None = None
+    inserted_at = {"recovered": 0, "empty": 0}  # writer's inserted rows at those instants
     next_tick = t_start
     while True:
         now = time.monotonic()
@@ -167,6 +168,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             target.ack_loss = args.ack_loss
             target.down = False
             recovered_at = now
+            inserted_at["recovered"] = writer.stats().inserted_rows
         if now < t_end:
             carry += per_tick
             n = int(carry)
@@ -178,6 +180,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         spool_peak_batches = max(spool_peak_batches, st.spool_batches)
         if recovered_at is not None and spool_empty_at is None and st.spool_batches == 0:
             spool_empty_at = now
+            inserted_at["empty"] = st.inserted_rows
         next_tick += tick
         time.sleep(max(0.0, next_tick - time.monotonic()))
     flushed = writer.flush(120)
@@ -186,7 +189,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     total, distinct = store.query("SELECT count(), uniqExact(span_id) FROM requests").rows[0]
     assert recovered_at is not None and spool_empty_at is not None
     replay_s = spool_empty_at - recovered_at
-    spooled_rows = int(args.rate * args.outage)
     steady = [d for t, d in target.latencies if t < t_down or t > spool_empty_at]
     first_ok = min((t for t, _ in target.latencies if t >= recovered_at), default=spool_empty_at)
     replay = [d for t, d in target.latencies if recovered_at <= t <= spool_empty_at]
@@ -206,13 +208,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "spool_peak_batches": spool_peak_batches,
         "replay_s": replay_s,
         "first_insert_after_s": first_ok - recovered_at,
-        # While the backlog drains, new records keep joining its tail.
-        "replay_rows_per_s": (spooled_rows + args.rate * replay_s) / replay_s
+        # Rows the writer got into the store while the spool drained (the backlog and
+        # the new records joining its tail), measured, not derived from the offered rate.
+        "replay_rows_per_s": (inserted_at["empty"] - inserted_at["recovered"]) / replay_s
         if replay_s > 0
         else float("inf"),
         "steady_insert_p50_ms": statistics.median(steady) * 1000 if steady else None,
         "replay_insert_p50_ms": statistics.median(replay) * 1000 if replay else None,
-        "ack_loss": args.ack_loss,
+        "ack_loss": args.ack_loss - target.ack_loss,  # lost acks that happened
         "flushed": flushed,
     }
 
