@@ -33,9 +33,14 @@ from controlplane.store.migrate import migrate
 
 
 class _Ok(BaseHTTPRequestHandler):
+    posts = 0  # notifications received (the figure's numerator must have arrived)
+    lock = threading.Lock()
+
     def do_POST(self) -> None:  # noqa: N802
         self.rfile.read(int(self.headers.get("content-length", "0")))
         time.sleep(0.005)  # a receiver that takes 5 ms, like a nearby webhook service
+        with _Ok.lock:
+            _Ok.posts += 1
         self.send_response(200)
         self.send_header("content-length", "0")
         self.end_headers()
@@ -83,6 +88,10 @@ def bench_process(store: ChdbStore, sizes: list[int]) -> None:
             firsts.append(_timed(lambda: eng.process(sigs, clock.now())))  # noqa: B023
             clock.advance(10)
             steadies.append(_timed(lambda: eng.process(sigs, clock.now())))  # noqa: B023
+            assert eng.health()["rejected_signals"] == 0
+            assert eng.flush_writes(), "alert state not all written"
+            (stored,) = store.query("SELECT count() FROM alert_state FINAL").rows[0]
+            assert stored == n, f"{stored} alert states stored of {n}"
             http.close()
         fw, fc = min(firsts)
         sw, sc = min(steadies)
@@ -110,8 +119,11 @@ def bench_fanout(store: ChdbStore, groups: int) -> None:
         eng = AlertEngine(store=store, config=cfg, clock=clock, http=http,
                           rng=random.Random(1))  # fmt: skip
         eng.process(_signals(groups), clock.now())
+        _Ok.posts = 0
         wall, cpu = _timed(lambda: eng.tick(clock.now()))  # noqa: B023
-        assert eng.health()["open_deliveries"] == 0
+        health = eng.health()
+        assert health["open_deliveries"] == 0 and health["dead_letters"] == 0, health
+        assert _Ok.posts == groups, f"{_Ok.posts} notifications arrived of {groups}"
         results[workers] = wall
         print(f"  {workers} sender(s): {wall:.3f} s wall, {cpu:.3f} s CPU, "
               f"{groups / wall:.0f} notifications/s")  # fmt: skip
