@@ -192,6 +192,12 @@ def run_variant(name: str, rows: int) -> dict[str, Any]:
             "SELECT (SELECT count() FROM requests), (SELECT sum(requests) FROM requests_1m), "
             "(SELECT sum(requests) FROM requests_1h), (SELECT sum(requests) FROM requests_1h_pool)"
         ).rows[0]
+        # Every row inserted (warm-up included) is in the raw table and, through the
+        # views, in each rollup: an insert dropped (dedup) or a view skipped would make
+        # the rate count work that was not done.
+        total = (nb + 1) * batch
+        want = [total] + [0 if extra == "no_views" else total] * 3
+        assert [int(x or 0) for x in got] == want, (got, want)
         parts = store.query(
             "SELECT table, count() FROM system.parts WHERE database = 'bench' AND active "
             "AND table LIKE 'requests%' GROUP BY table ORDER BY table"
