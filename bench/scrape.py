@@ -39,7 +39,7 @@ FIXTURES = [
 ]
 
 
-def best_of(fn: Callable[[], Any], n: int, repeat: int = 5) -> float:
+def median_of(fn: Callable[[], Any], n: int, repeat: int = 5) -> float:
     """Median seconds per call over ``repeat`` runs of ``n`` calls."""
     times = []
     for _ in range(repeat):
@@ -76,8 +76,8 @@ def bench_parse(n: int) -> None:
             clock[0] += 15
             adapter_for(kind).records(parse(text), target, clock[0], rates)
 
-        p = best_of(parse_only, n)
-        pa = best_of(parse_adapt, n)
+        p = median_of(parse_only, n)
+        pa = median_of(parse_adapt, n)
         print(
             f"{kind:8} {series:7d} {p * 1e3:9.3f} {pa * 1e3:15.3f} {pa / p:6.2f} "
             f"{series / pa:10.0f}"
@@ -127,7 +127,7 @@ def bench_agent(gpus: int, n: int) -> None:
     server = AgentServer(SimulatedGpus(gpus), node="bench", interval_s=3600, port=0)
     server.source.open()
     server.poller.poll()
-    t = best_of(lambda: generate_latest(server.registry), n)
+    t = median_of(lambda: generate_latest(server.registry), n)
     size = len(generate_latest(server.registry))
     print(f"\n## agent /metrics render, {gpus} simulated GPUs: {t * 1e3:.3f} ms, {size} bytes")
     server.source.close()
