@@ -229,13 +229,14 @@ def main() -> None:
     p.add_argument("--ack-loss", type=int, default=1, help="inserts whose success is lost")
     p.add_argument("--backoff-max", type=float, default=5.0, help="writer backoff cap, s")
     p.add_argument("--data-dir", default=None, help="directory for chDB and the spool")
+    args = p.parse_args()
     load = os.getloadavg()[0]
     print(f"machine: {os.cpu_count()} cores, 1-min load average {load:.1f} at start")
     w_ns, b_ns, l_ns = emit_cost()
     print(f"emit ns/record: Writer enqueue {w_ns:.0f}, Writer with worker draining "
           f"{b_ns:.0f}, ListSink {l_ns:.0f} "
           f"(ratios {w_ns / l_ns:.2f}, {b_ns / l_ns:.2f})")  # fmt: skip
-    r = run(p.parse_args())
+    r = run(args)
     print(f"offered {r['rate']:.0f} records/s (achieved {r['achieved_rate']:.0f}); "
           f"store down {r['outage_s']:.0f} s")  # fmt: skip
     print(f"produced {r['produced']}  stored {r['stored']}  distinct {r['distinct']}")
