@@ -68,6 +68,12 @@ def test_silences_are_created_listed_and_expired_by_operators(app, clock):
     assert r.json()["createdBy"].startswith("operator:")
     listed = client.get("/api/v1/silences", headers=_auth(OPERATOR)).json()["silences"]
     assert [s["id"] for s in listed] == [sid]
+    one = client.get(f"/api/v1/silences/{sid}", headers=_auth(OPERATOR))
+    assert one.status_code == 200 and one.json()["comment"] == "maintenance"
+    # Every silence route is the operator's: a viewer may neither see nor change them.
+    for method, url in (("GET", "/api/v1/silences"), ("GET", f"/api/v1/silences/{sid}"),
+                        ("DELETE", f"/api/v1/silences/{sid}")):  # fmt: skip
+        assert client.request(method, url, headers=_auth(VIEWER)).status_code == 403, url
 
     engine.process([sig(pool="a"), sig(pool="b")], clock.now())
     alerts = client.get("/api/v1/alerts", headers=_auth(VIEWER)).json()["alerts"]

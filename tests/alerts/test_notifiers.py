@@ -49,7 +49,7 @@ def test_slack_message_has_text_and_blocks_with_a_readable_summary(store, clock,
     rcv = {"name": "slack", "kind": "slack", "url": recorder.url + "/services/T/B/X"}
     h = _harness(store, clock, [rcv])
     s = sig()
-    s.annotations["runbook"] = "https://runbooks.example/burn"
+    s.annotations["runbook_url"] = "https://runbooks.example/burn"  # as SLO rules set it
     h.step([s])
     h.run(30, [s])
     body = recorder.received[0].json

@@ -201,9 +201,27 @@ def test_a_tier_needs_both_windows_above_the_factor_and_enough_events() -> None:
 
     # 1.5% errors = burn 15 over both windows: fires
     assert tier_states((tier,), counts(150, 15), obj, 10)[0].active
-    # exactly the factor (1.44%) is not above it
+    # just under the factor (1.44% errors: 14.399999... in floating point) does not fire
     assert not tier_states((tier,), counts(144, 15), obj, 10)[0].active
     # the short window has recovered: no page (the alert resets quickly)
     assert not tier_states((tier,), counts(150, 1), obj, 10)[0].active
     # too few events in the long window
     assert not tier_states((tier,), counts(3, 15, long_total=5), obj, 10)[0].active
+
+
+def test_a_burn_of_exactly_the_factor_does_not_fire_and_min_events_is_enough() -> None:
+    """The boundaries themselves, with values exact in floating point: objective 0.75
+    (budget 0.25), 50% errors = burn 2.0."""
+    tier = Tier("t", "page", HOUR, 5 * MINUTE, 2.0)
+
+    def state(long_bad: int, long_total: int, min_events: int) -> TierState:
+        c = {HOUR: Counts(long_total - long_bad, long_total), 5 * MINUTE: Counts(0, 10)}
+        (st,) = tier_states((tier,), c, 0.75, min_events)
+        return st
+
+    assert state(50, 100, 10).long_burn == 2.0
+    assert not state(50, 100, 10).active  # burn == factor: not above it
+    assert state(51, 100, 10).active
+    # exactly min_events events in the long window are enough; one fewer is not
+    assert state(51, 100, 100).enough_events and state(51, 100, 100).active
+    assert not state(51, 100, 101).enough_events

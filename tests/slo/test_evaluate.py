@@ -106,13 +106,17 @@ def test_a_fast_burn_pages_once_then_resolves_after_errors_stop(store: ChdbStore
             "min_events": 100,
             "tiers": [
                 {"name": "fast", "severity": "page", "long": "1h", "short": "5m", "factor": 14.4},
-                {"name": "slow", "severity": "ticket", "long": "6h", "short": "30m", "factor": 2},
+                {"name": "slow", "severity": "ticket", "long": "6h", "short": "30m", "factor": 2,
+                 "for": "5m"},
             ],
         },
     }
     ev = Evaluator(store, _slos(spec), clock=clock, external_url="http://gov:8080",
                    alerts=lambda: rec)  # fmt: skip
     (r,) = ev.run_once()
+    # each tier's signal carries its own hold time (``for``) to the alert lifecycle
+    holds = {s.labels["tier"]: s.for_s for s in rec.cycles[-1][1] if "tier" in s.labels}
+    assert holds == {"fast": 0.0, "slow": 300.0, "budget": 0.0, "no-data": 0.0}
     # 1h window (minutes 2..61; minute 1 is inside the 1m offset): 20 bad of 1200
     assert r.burn_rates["1h"] == pytest.approx(20 / 1200 / 0.001)
     assert r.burn_rates["5m"] == pytest.approx(100.0)
@@ -163,6 +167,12 @@ def test_few_events_are_insufficient_data_not_zero_or_hundred_percent(
     assert r.sli is None and r.budget_remaining is None and r.time_to_exhaustion_s is None
     assert (r.good, r.total) == (0, 9)
     assert rec.active() == set()  # 100% errors on 9 requests pages nobody
+    # A 10th request: exactly min_events is enough to judge (and page).
+    traffic(store, now, range(5, 6), per_min=1, bad=1)
+    (r,) = Evaluator(store, _slos({**AVAIL, "alerting": {"min_events": 10}}),
+                     clock=ManualClock(now), alerts=lambda: rec).run_once()  # fmt: skip
+    assert (r.good, r.total, r.sli) == (0, 10, 0.0)
+    assert r.state == "exhausted" and r.budget_remaining is not None
 
 
 def test_no_recent_events_is_an_explicit_no_data_state_and_alert(store: ChdbStore, now) -> None:
