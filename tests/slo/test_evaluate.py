@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -106,8 +106,14 @@ def test_a_fast_burn_pages_once_then_resolves_after_errors_stop(store: ChdbStore
             "min_events": 100,
             "tiers": [
                 {"name": "fast", "severity": "page", "long": "1h", "short": "5m", "factor": 14.4},
-                {"name": "slow", "severity": "ticket", "long": "6h", "short": "30m", "factor": 2,
-                 "for": "5m"},
+                {
+                    "name": "slow",
+                    "severity": "ticket",
+                    "long": "6h",
+                    "short": "30m",
+                    "factor": 2,
+                    "for": "5m",
+                },
             ],
         },
     }
@@ -303,18 +309,19 @@ def test_the_sli_path_reads_rollups_never_raw_requests(store: ChdbStore, now) ->
 
 
 def test_calendar_month_window_starts_at_the_month(store: ChdbStore) -> None:
-    now = time.time()
-    start = utc(now).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    # A fixed instant 2.5 h into a month: the next one, so that no row is older than the
+    # raw table's 30-day TTL whatever the day the test runs.
+    first = utc(time.time()).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    start = (first + timedelta(days=32)).replace(day=1)
+    now = (start + timedelta(hours=2, minutes=30, seconds=7)).timestamp()
     before = (start - timedelta(minutes=30)).timestamp()
-    since_start = (now - start.timestamp()) // 60
     traffic(store, before, range(0, 10), per_min=10, bad=10)  # last month: all errors
-    if since_start > 3:
-        traffic(store, now, range(2, int(min(since_start, 60))), per_min=10)
+    traffic(store, now, range(2, 60), per_min=10)  # this month: all good
     spec = {**AVAIL, "window": "month", "alerting": {"min_events": 1}}
     (r,) = Evaluator(store, _slos(spec), clock=ManualClock(now)).run_once()
     assert r.window == "month"
-    assert r.total == 10 * max(0, int(min(since_start, 60)) - 2) and r.good == r.total
-    assert isinstance(r.until, datetime)
+    assert (r.good, r.total) == (580, 580)  # none of last month's errors
+    assert r.until == utc(now - 60).replace(second=0)
 
 
 def test_one_batched_cycle_equals_evaluating_each_slo_alone(store: ChdbStore, now) -> None:
