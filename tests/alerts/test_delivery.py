@@ -118,8 +118,17 @@ def test_signature_verifies_with_either_rotated_secret(store, clock, recorder, w
     assert msg_id == got.headers["webhook-id"]
     with pytest.raises(SignatureError, match="no signature matches"):
         signing.verify(got.body, got.headers, [b"someone-else"], now=clock.now())
-    with pytest.raises(SignatureError, match="tolerance"):
-        signing.verify(got.body, got.headers, [keys[which]], now=clock.now() + 3600)
+    for skew in (3600, -3600):  # a replay later, or a timestamp from the future
+        with pytest.raises(SignatureError, match="tolerance"):
+            signing.verify(got.body, got.headers, [keys[which]], now=clock.now() + skew)
+    for header in ("webhook-id", "webhook-timestamp", "webhook-signature"):
+        partial = {k: v for k, v in got.headers.items() if k != header}
+        with pytest.raises(SignatureError, match="missing"):
+            signing.verify(got.body, partial, [keys[which]], now=clock.now())
+    # the id is signed too: the same body and signature under another id do not verify
+    other = {**got.headers, "webhook-id": "msg_other"}
+    with pytest.raises(SignatureError, match="no signature matches"):
+        signing.verify(got.body, other, [keys[which]], now=clock.now())
     tampered = got.body.replace(b"firing", b"resolved")
     with pytest.raises(SignatureError):
         signing.verify(tampered, got.headers, [keys[which]], now=clock.now())
@@ -162,14 +171,19 @@ def test_restart_mid_firing_does_not_page_again_and_delivers_the_resolve(store, 
 
 
 def test_restart_with_a_delivery_being_retried_still_delivers_it_once(store, clock, recorder):
-    h = _harness(store, clock, [webhook(recorder)], retry_initial_s=30)
+    env = {"HOOK_SECRET": _secret(b"k" * 24)}  # signed: the message id is in the headers
+    h = _harness(store, clock, [webhook(recorder, secret_env="HOOK_SECRET")],
+                 retry_initial_s=30, env=env)  # fmt: skip
     recorder.script.append(Reply(503))
     h.step([sig()])
     h.run(30, [sig()])
     h.restart()
     h.run(600, [sig()])
     assert len(recorder.received) == 2
-    assert recorder.received[0].body == recorder.received[1].body
+    first, second = recorder.received
+    # the saved delivery retried (same message id), not a fresh notification
+    assert second.headers["webhook-id"] == first.headers["webhook-id"]
+    assert first.body == second.body
     h.close()
 
 
@@ -271,11 +285,16 @@ def test_process_tick_and_reads_from_several_threads_stay_consistent(store, cloc
         finally:
             done.set()
 
+    rounds = [0]
+
     def deliver_and_read():  # type: ignore[no-untyped-def]
         try:
-            while not done.is_set():
+            while True:  # at least once, and until the evaluating thread is done
                 h.engine.tick(clock.now())
                 h.engine.alerts()
+                rounds[0] += 1
+                if done.is_set():
+                    break
         except Exception as exc:
             errors.append(exc)
 
@@ -284,8 +303,9 @@ def test_process_tick_and_reads_from_several_threads_stay_consistent(store, cloc
         t.start()
     for t in threads:
         t.join(timeout=120)
+        assert not t.is_alive(), f"{t.name} still running after 120 s"
     h.engine.tick(clock.now())
-    assert errors == []
+    assert errors == [] and rounds[0] >= 1
     assert len(recorder.received) == 1 and len(recorder.received[0].json["alerts"]) == 3
     assert h.engine.flush_writes()
     rows = store.query("SELECT state, count() FROM alert_events GROUP BY state").rows
