@@ -155,8 +155,10 @@ def test_without_configured_tokens_only_loopback_binds() -> None:
     check_bind("127.0.0.1", tokens_configured=False)
     check_bind("::1", tokens_configured=False)
     check_bind("0.0.0.0", tokens_configured=True)
-    with pytest.raises(BindRefused, match="refusing to listen on 0.0.0.0"):
-        check_bind("0.0.0.0", tokens_configured=False)
+    check_bind("localhost", tokens_configured=False)
+    for host in ("0.0.0.0", "::", "10.1.2.3", "gateway.internal"):
+        with pytest.raises(BindRefused, match=f"refusing to listen on {host}"):
+            check_bind(host, tokens_configured=False)
 
 
 def test_generated_tokens_cover_every_role() -> None:
