@@ -45,6 +45,7 @@ class FlakyTarget:
         self.inserted = threading.Event()
         self.accepted: list[tuple[str, int, str | None]] = []  # table, first span id, token
         self.order: list[int] = []  # span ids in the order the store accepted them
+        self.sizes: list[tuple[str, int]] = []  # (table, rows) of each accepted insert
         self.attempts = 0
 
     def insert_rows(
@@ -72,6 +73,7 @@ class FlakyTarget:
         )
         self.order.extend(ids)
         self.accepted.append((table, ids[0], dedup_token))
+        self.sizes.append((table, len(rows)))
         self.inserted.set()
 
 
@@ -83,8 +85,8 @@ def test_full_batches_are_inserted_one_per_table_each_with_its_own_token(store, 
     assert w.flush(60)
     assert counts(store) == (250, 250)
     assert store.query("SELECT count() FROM gpu_samples").rows[0][0] == 1
-    sizes = sorted((t, n) for t, n, _ in [(a[0], 0, 0) for a in target.accepted])
-    assert [t for t, _ in sizes].count("requests") == 3
+    assert [n for t, n in target.sizes if t == "requests"] == [100, 100, 50]
+    assert [n for t, n in target.sizes if t == "gpu_samples"] == [1]
     tokens = [tok for _, _, tok in target.accepted]
     assert len(set(tokens)) == len(tokens) == 4
 
@@ -96,7 +98,8 @@ def test_a_backlog_is_inserted_in_larger_batches_when_configured(store, make_wri
     assert w.flush(60)
     assert counts(store) == (1000, 1000)
     assert target.order == list(range(1000))
-    assert len(target.accepted) < 10  # batches of up to 300 while the backlog lasts
+    # batches of up to 300 while two or more batches wait, then the usual size
+    assert [n for _, n in target.sizes] == [300, 300, 300, 100]
 
 
 def test_a_partial_batch_is_inserted_when_the_flush_interval_passes(store, make_writer, clock):
