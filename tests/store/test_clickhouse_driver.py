@@ -156,20 +156,38 @@ def test_inserts_and_queries_from_several_threads_share_one_store(
 def test_async_insert_and_dedup_settings_are_sent_with_inserts_and_accepted(
     chdb_front: FrontProcess,
 ) -> None:
-    store = ClickHouseStore(chdb_front.url, database=_db(), async_insert=True)
+    import clickhouse_connect
+
+    sent: list[dict[str, Any]] = []  # the settings each insert hands to the client
+
+    def recording_client(**kwargs: Any) -> Any:
+        client = clickhouse_connect.get_client(**kwargs)
+        real = client.insert_arrow
+
+        def insert_arrow(table: str, data: Any, *args: Any, **kw: Any) -> Any:
+            sent.append(dict(kw.get("settings") or {}))
+            return real(table, data, *args, **kw)
+
+        client.insert_arrow = insert_arrow
+        return client
+
+    store = ClickHouseStore(chdb_front.url, database=_db(), async_insert=True,
+                            client_factory=recording_client)  # fmt: skip
     try:
-        assert store.insert_settings("tok") == {
+        expected = {
             "insert_deduplication_token": "tok",
             "deduplicate_blocks_in_dependent_materialized_views": 1,
             "async_insert": 1,
             "wait_for_async_insert": 1,
             "async_insert_deduplicate": 1,
         }
+        assert store.insert_settings("tok") == expected
         store.command("CREATE TABLE t (a UInt32) ENGINE = MergeTree ORDER BY a "
                       "SETTINGS non_replicated_deduplication_window = 100")  # fmt: skip
         store.insert_rows("t", ["a"], [(1,), (2,)], dedup_token="tok")
         store.insert_rows("t", ["a"], [(1,), (2,)], dedup_token="tok")
-        assert store.query("SELECT count() FROM t").rows == [(2,)]
+        assert sent == [expected, expected]  # what went out with each insert
+        assert store.query("SELECT count() FROM t").rows == [(2,)]  # and was honoured
     finally:
         store.command(f"DROP DATABASE {store.database}")
         store.close()
