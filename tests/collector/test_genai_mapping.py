@@ -184,7 +184,13 @@ CASES: list[tuple[str, SpanView, AttributeMapping | None, dict[str, Any]]] = [
                 "tenant.id": "acme",
                 "governor.priority": "high",
             },
-            resource={"service.name": "gateway", "k8s.pod.name": "gw-5d9c-x2"},
+            # the same keys on the resource, with other values: the span's win
+            resource={
+                "service.name": "gateway",
+                "k8s.pod.name": "gw-5d9c-x2",
+                "governor.pool": "from-resource",
+                "tenant.id": "resource-tenant",
+            },
         ),
         None,
         dict(pool="vip", tenant="acme", priority="high", replica="gw-5d9c-x2"),
