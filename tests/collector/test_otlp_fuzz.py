@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -138,4 +139,5 @@ def test_structurally_wrong_otlp_json_raises_only_collector_errors(spans, resour
 
 def test_deeply_nested_json_is_a_decode_error_not_a_crash():
     deep = '{"resourceSpans": ' + "[" * 100_000 + "]" * 100_000 + "}"
-    decode_and_map(deep.encode(), JSON)
+    with pytest.raises(OtlpDecodeError, match="nested too deeply"):
+        decode(deep.encode(), JSON)

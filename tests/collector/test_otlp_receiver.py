@@ -1,6 +1,7 @@
 """POST /v1/traces on a real uvicorn server with a real store and writer.
 
-The real ``OTLPSpanExporter`` (http/protobuf, what vLLM uses) exports to it; raw httpx
+The real ``OTLPSpanExporter`` (http/protobuf, what vLLM sends when its exporter
+protocol is set to http/protobuf; its default is gRPC) exports to it; raw httpx
 requests cover JSON, errors and limits.
 """
 
