@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -75,6 +76,19 @@ def test_agent_output_over_http_passes_promtool_and_reads_back_into_rows():
         server.stop()
     assert resp.status_code == 200
     text = resp.text
+    # What is served, by name and in base units (not through our own adapter, which
+    # shares the names and scale factors): the H100's NVML readings of REFERENCE.md.
+    served_g0 = {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(r'^(governor_gpu_\w+)\{gpu="0",mig_profile="",[^}]*\} (\S+)$',
+                             text, re.MULTILINE)
+    }  # fmt: skip
+    assert served_g0["governor_gpu_power_watts"] == pytest.approx(386.214)  # NVML: mW
+    assert served_g0["governor_gpu_sm_clock_hertz"] == 1.98e9  # NVML: MHz
+    assert served_g0["governor_gpu_energy_joules_total"] == pytest.approx(1873551946.227)  # mJ
+    assert served_g0["governor_gpu_memory_total_bytes"] == 81559 * MIB
+    assert served_g0["governor_gpu_temperature_celsius"] == 59.0
+    assert not re.search(r'^governor_gpu_power_watts\{gpu="3"', text, re.MULTILINE)  # lost
     promtool_check(text)
     rows = adapter_for("agent").records(
         parse(text, resp.headers["content-type"]),
@@ -119,7 +133,7 @@ def test_xid_counts_are_exported_per_xid():
     finally:
         server.stop()
     assert f'{gn.XID_ERRORS}_total{{gpu="0"' in text and 'xid="79"} 1.0' in text
-    assert f'{gn.LAST_XID}{{gpu="0"' in text
+    assert re.search(rf'^{gn.LAST_XID}\{{gpu="0"[^}}]*\}} 79\.0$', text, re.MULTILINE)
     promtool_check(text)
 
 
