@@ -183,6 +183,24 @@ def test_an_idle_window_costs_the_provisioned_replicas_but_has_no_per_token_figu
     assert cost_report(store, PRICES, Selector("idle"), T0, T1, "usage").lines == []
 
 
+def test_without_any_timings_a_tenants_share_and_split_follow_its_tokens(store) -> None:
+    """Producers that report tokens but no phase timings: the pool's cost is shared by
+    tokens, and each share splits into input and output by tokens too."""
+    store.insert_rows("replica_samples", columns(ReplicaSample), [as_row(x) for x in _samples()])
+    untimed = [
+        RequestRecord(ts=T0 + timedelta(minutes=i), pool="chat", model="llama", tenant=t,
+                      input_tokens=tin, output_tokens=tout)
+        for i, (t, tin, tout) in enumerate([("A", 1000, 500)] * 3 + [("B", 3000, 500)])
+    ]  # fmt: skip
+    store.insert_rows("requests", columns(RequestRecord), [as_row(r) for r in untimed])
+    (a,) = cost_report(store, PRICES, Selector("chat", tenant="A"), T0, T1, "allocation").lines
+    # A: 4,500 of the pool's 8,000 tokens; its own 3,000 in : 1,500 out
+    assert a.cost_usd == pytest.approx(ALLOC_USD * 4500 / 8000, rel=1e-6)
+    assert a.input_cost_usd == pytest.approx(ALLOC_USD * 3000 / 8000, rel=1e-6)
+    assert a.output_cost_usd == pytest.approx(ALLOC_USD * 1500 / 8000, rel=1e-6)
+    assert a.gpu_hours == pytest.approx(2 / 3 * 4500 / 8000, rel=1e-6)
+
+
 @pytest.mark.parametrize(
     ("kw", "message"),
     [({"basis": "cheapest"}, "basis must be one of"), ({"until": T0}, "empty window")],
