@@ -30,7 +30,8 @@ def req(**kw) -> RequestRecord:
         # (8000 uncached x 0.15 + 2000 cached x 0.075 + 1000 out x 0.60) / 1e6
         (req(model="gpt-4o-mini-2024-07-18", input_tokens=10_000, cached_tokens=2_000,
              output_tokens=1_000), 0.00195),
-        # the first matching entry wins: "gpt-4o-2024" skips the mini entry
+        # "gpt-4o-2024-..." does not match the mini entry: the plain gpt-4o price
+        # (which entry wins when two match is the first case: mini is listed first)
         (req(model="gpt-4o-2024-08-06", input_tokens=1_000, output_tokens=100),
          (1_000 * 2.50 + 100 * 10.00) / 1e6),
         # no cached price: cached tokens cost the input price (10000 x 2.50 + 0)
@@ -46,7 +47,7 @@ def req(**kw) -> RequestRecord:
     ],
     ids=[
         "cached input tokens are billed at the cached price",
-        "the first matching pattern wins",
+        "a dated gpt-4o is not priced as the mini",
         "cached tokens fall back to the input price",
         "globs are case-insensitive",
         "a regex matching the whole name applies",
