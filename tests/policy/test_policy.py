@@ -127,13 +127,48 @@ def test_loop_applies_decisions_to_the_fleet_within_bounds():
         ("scale_down", 4, 1),
     ]
     assert seen[0].ts == EPOCH and seen[1].ts == EPOCH + 30
+    # the audit fields: who decided, for which pool, why, and that it worked
+    assert {(a.pool, a.policy, a.reason, a.dry_run, a.error) for a in seen} == {
+        ("p", "scripted", "script", False, "")
+    }
 
 
 def test_dry_run_records_actions_but_leaves_the_fleet_alone():
-    loop, fleet, _, seen = make_loop(Scripted([3]), dry_run=True)
+    limits = (AdmissionLimit(tenant="batch", requests_per_s=2.0),)
+    loop, fleet, _, seen = make_loop(Scripted([3], limits=limits), dry_run=True)
     loop.tick()
     assert len(fleet.replicas("p")) == 1
-    assert seen and seen[0].dry_run
+    assert fleet.admission_limits("p") == []  # limits not applied either
+    assert [(a.kind, a.from_replicas, a.to_replicas, a.dry_run) for a in seen] == [
+        ("scale_up", 1, 3, True),
+        ("limits", 1, 1, True),
+    ]
+
+
+class RefusingFleet(VirtualFleet):
+    """A fleet whose scaling fails, as a cluster out of GPUs or an API error does."""
+
+    def scale_to(self, pool: str, n: int) -> list[str]:
+        from controlplane.fleet.base import FleetError
+
+        raise FleetError(f"no capacity for {n} replicas of {pool}")
+
+
+def test_a_failed_scale_is_recorded_with_its_error_and_not_counted_as_a_flap():
+    clock = ManualClock(EPOCH)
+    fleet = RefusingFleet(LLAMA31_8B_H100_VLLM, clock, epoch=EPOCH, cold_start_s=30,
+                          pools=["p"])  # fmt: skip
+    fleet.start_warm("p")
+    seen: list[Action] = []
+    loop = PolicyLoop(Scripted([3]), fleet, FleetSignals(fleet), clock, pool="p",
+                      min_replicas=1, max_replicas=4, on_action=seen.append)  # fmt: skip
+    loop.tick()  # the loop goes on: the failure is in the action, not raised
+    ((kind, error),) = [(a.kind, a.error) for a in seen]
+    assert kind == "scale_up" and error == "no capacity for 3 replicas of p"
+    assert len(fleet.replicas("p")) == 1
+    failed = Action(0, "p", "x", "scale", 3, 1, "", error="refused")
+    ok = [Action(0, "p", "x", "scale", 1, 3, ""), Action(0, "p", "x", "scale", 3, 4, "")]
+    assert direction_changes([ok[0], failed, ok[1]]) == 0  # the refused reversal is no flap
 
 
 def test_admission_limits_decisions_reach_the_fleet():
