@@ -35,6 +35,8 @@ def reps(*states: ReplicaState) -> list[Replica]:
         pytest.param((S,), 3, ([], 2, []), id="growing starts new replicas"),
         pytest.param((S, D, DD), 3, (["r2", "r1"], 0, []), id="growing reuses warm ones first"),
         pytest.param((S, S, ST), 2, ([], 0, ["r2"]), id="shrinking drops a starting one first"),
+        # the starting one is the oldest here: starting beats newest
+        pytest.param((ST, S, S), 2, ([], 0, ["r0"]), id="a starting replica goes before newer"),
         pytest.param((S, S, S), 1, ([], 0, ["r2", "r1"]), id="shrinking drains the newest"),
     ],
 )

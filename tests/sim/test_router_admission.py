@@ -133,6 +133,17 @@ def test_least_outstanding_picks_the_idlest_and_rotates_ties():
     assert sorted(picks) == ["r0", "r1", "r2"]  # ties rotate: one each
     b.release(b.get("r1"))
     assert b.acquire().name == "r1"  # the only one with fewer in flight
+    # Ties with nothing in flight: each request released before the next, so the
+    # least-outstanding rule alone would pick r0 every time; the tie-break rotates.
+    idle = Balancer()
+    for name in ("r0", "r1", "r2"):
+        idle.add(name, f"http://{name}")
+    rotated = []
+    for _ in range(4):
+        backend = idle.acquire()
+        rotated.append(backend.name)
+        idle.release(backend)
+    assert rotated == ["r0", "r1", "r2", "r0"]
 
 
 def test_draining_backend_gets_no_new_requests_and_is_drained_when_idle():
