@@ -12,7 +12,7 @@ import pytest
 from controlplane.cli import main
 from controlplane.policy.base import Decision, PoolSignals, register_policy
 from controlplane.sim.backtest import BacktestConfig, run_backtest
-from controlplane.sim.errors import BacktestError
+from controlplane.sim.errors import BacktestError, SimError
 from controlplane.sim.profile import load_profile, profile_arrivals
 from controlplane.sim.store_trace import read_store_trace
 from controlplane.sim.traffic import Arrival, read_azure_csv, replay
@@ -240,9 +240,9 @@ def test_recorded_requests_replay_as_a_trace(store):
     assert trace.rows[1] == Arrival(2.0, 106, 16, "beta", 1)
     r = run_backtest(trace.rows, BacktestConfig())
     assert r.completed == 15
-    with pytest.raises(Exception, match="no recorded requests"):
+    with pytest.raises(SimError, match="no recorded requests"):
         read_store_trace(store, t0 - timedelta(hours=2), t0 - timedelta(hours=1))
-    with pytest.raises(Exception, match="must be after"):
+    with pytest.raises(SimError, match="must be after"):
         read_store_trace(store, t0, t0)
 
 

@@ -79,6 +79,7 @@ def test_no_request_is_lost_and_tokens_are_conserved():
 
 def test_timings_are_ordered_for_every_request():
     timings, _, _, _ = drive(Engine(P), random_requests(200, seed=2))
+    assert len(timings) == 200  # every request finished (and the loop below ran)
     for t in timings:
         assert t.arrival_s <= t.scheduled_s <= t.first_token_s <= t.finish_s
         assert t.ttft_s > 0 and t.queue_s >= 0
