@@ -83,7 +83,8 @@ class PoolPrice:
     gpus_per_replica: int = 1
 
     def __post_init__(self) -> None:
-        if self.gpu_hour_usd < 0 or self.gpus_per_replica < 1:
+        # ``not >= 0`` also refuses NaN (every comparison with NaN is false)
+        if not self.gpu_hour_usd >= 0 or self.gpus_per_replica < 1:
             raise PricingError(
                 f"pool {self.name!r}: gpu_hour_usd must be >= 0 and gpus_per_replica >= 1 "
                 f"(got {self.gpu_hour_usd}, {self.gpus_per_replica})"

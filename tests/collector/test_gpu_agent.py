@@ -203,7 +203,7 @@ def test_simulated_devices_are_labelled_and_move_with_the_clock():
     assert all(r.simulated and r.name.startswith("Simulated ") for r in a + b)
     # Energy grows by power x time, as a real counter does.
     assert b[0].energy_j - a[0].energy_j == pytest.approx(b[0].power_w * 60, rel=1e-4)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least 1"):
         SimulatedGpus(0)
 
 

@@ -76,7 +76,7 @@ def test_nvml_is_initialised_once_and_shut_down_once():
         pytest.param(
             "nvmlDeviceGetRemappedRows",
             "remapped_rows",
-            ("remapped_correctable", "remapped_pending"),
+            ("remapped_correctable", "remapped_uncorrectable", "remapped_pending", "remap_failure"),
             id="row remapping not supported (pre-Ampere)",
         ),
         pytest.param(

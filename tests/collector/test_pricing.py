@@ -145,9 +145,14 @@ def test_the_config_refuses_a_broken_regex_with_its_path() -> None:
         ]}})  # fmt: skip
 
 
-def test_a_pool_price_must_be_sane() -> None:
-    with pytest.raises(PricingError, match="pool 'p'"):
-        PoolPrice("p", gpu_hour_usd=-1.0)
+@pytest.mark.parametrize(
+    "kw",
+    [{"gpu_hour_usd": -1.0}, {"gpu_hour_usd": float("nan")}, {"gpus_per_replica": 0}],
+    ids=["a negative price", "a NaN price", "no GPUs per replica"],
+)
+def test_a_pool_price_must_be_sane(kw: dict[str, float]) -> None:
+    with pytest.raises(PricingError, match="pool 'p': gpu_hour_usd must be >= 0"):
+        PoolPrice("p", **{"gpu_hour_usd": 1.0, **kw})
 
 
 def test_the_concurrency_tracker_shares_a_replica_among_its_running_requests() -> None:
