@@ -294,8 +294,10 @@ class Source:
     loop: bool = False
 
     def arrivals(self, duration_s: float | None = None) -> Iterator[Arrival]:
-        """Arrivals in wall-clock offsets (compression applied) for ``duration_s`` wall
-        seconds (None: as long as the source lasts, forever for profiles and patterns)."""
+        """Arrivals in wall-clock offsets (compression applied). Profiles and patterns
+        are generated for ``duration_s`` wall seconds (None: forever); a trace replays
+        whole (looped if asked), whatever ``duration_s``: ``LoadGenerator`` stops sending
+        at its own ``duration_s``."""
         from controlplane.sim import traffic
 
         given = [x for x in (self.trace, self.profile, self.pattern) if x]

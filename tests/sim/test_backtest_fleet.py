@@ -66,6 +66,17 @@ def test_started_replicas_serve_after_the_cold_start():
     assert fleet.replicas("p")[0].state is ReplicaState.SERVING
 
 
+def test_undrain_before_the_cold_start_ends_is_still_starting():
+    fleet, clock = make()
+    r = fleet.start("p")  # ready at t=60
+    fleet.drain(r.id)
+    clock.advance(30)
+    fleet.undrain(r.id)
+    assert fleet.get(r.id).state is ReplicaState.STARTING  # not serving before it is ready
+    clock.advance(30)
+    assert fleet.replicas("p")[0].state is ReplicaState.SERVING
+
+
 def test_drain_waits_for_in_flight_requests_then_is_drained_and_undrain_restores():
     fleet, clock = make()
     r = fleet.start_warm("p")
