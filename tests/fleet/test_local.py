@@ -89,7 +89,10 @@ def test_a_crashed_replica_is_failed_and_taken_out_of_routing(setup):
     assert httpx.post(r.url + "/admin/fault", json={"kind": "crash"}).status_code == 200
     wait_until("failed", lambda: states(fleet)[r.id] is S.FAILED)
     assert routed(router_url) == {}
-    assert fleet.scale_to("chat-8b", 1) != []  # a failed replica is not active: start one
+    # a failed replica is not active: scaling to 1 starts a new one beside it
+    (new,) = fleet.scale_to("chat-8b", 1)
+    assert new != r.id and states(fleet)[new] in (S.STARTING, S.SERVING)
+    assert states(fleet)[r.id] is S.FAILED
 
 
 def test_admission_limits_reach_the_router(setup):

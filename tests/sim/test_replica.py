@@ -305,9 +305,9 @@ def test_hang_accepts_requests_that_never_progress(replica):
     r, url = replica
     httpx.post(url + "/admin/fault", json={"kind": "hang"})
     body = {"model": MODEL, "prompt": "x", "max_tokens": 2, "stream": True}
-    with pytest.raises(httpx.ReadTimeout):
-        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=0.5) as resp:
-            assert resp.status_code == 200
+    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=2.0) as resp:
+        assert resp.status_code == 200  # accepted: the headers came
+        with pytest.raises(httpx.ReadTimeout):  # ... and then nothing
             list(resp.iter_lines())
     assert r.engine.stats().generation_tokens_total == 0
     assert httpx.get(url + "/health").status_code == 200  # a wedged engine still says ok
