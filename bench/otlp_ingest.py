@@ -244,7 +244,7 @@ def stage_pipeline(
     writer.start()
     # With serve's back-pressure: a full queue refuses the request (retried below)
     # instead of the writer dropping the rows that do not fit.
-    ingest = OtlpIngest(writer, pricer=pricer(), room=lambda: queue_max - writer.stats().queued)
+    ingest = OtlpIngest(writer, pricer=pricer(), room=writer.room)
     assert ingest.columnar
     total = 0
     try:

@@ -277,6 +277,12 @@ class Writer:
             finally:
                 self._flushers -= 1
 
+    def room(self) -> int:
+        """Rows the queue can take now (``queue_max`` less those waiting): producers that
+        can refuse a request ask this instead of letting ``emit`` drop the excess."""
+        with self._lock:
+            return self._queue_max - self._rows
+
     def stats(self) -> WriterStats:
         spool = self._spool
         with self._lock:

@@ -305,16 +305,6 @@ def _writer_options(ctx: AppContext) -> dict[str, Any]:
     }
 
 
-def _room(ctx: AppContext, sink: Sink) -> Callable[[], int] | None:
-    """Free places in the writer's queue, when the writer and its bound are known."""
-    stats = getattr(sink, "stats", None)
-    wcfg = getattr(ctx.config, "writer", None)
-    if stats is None or wcfg is None:
-        return None
-    limit = int(wcfg.queue_max)
-    return lambda: limit - int(stats().queued)
-
-
 def shared_writer(ctx: AppContext) -> Sink:
     """The process's one store writer: ``ctx.services["writer"]``, created on first use.
 
@@ -370,7 +360,7 @@ def build_otlp_ingest(ctx: AppContext) -> None:
         pricer=_pricer(cfg, concurrency=shared_concurrency(ctx)),
         max_body_bytes=cfg.server.otlp_max_body_bytes,
         token=token,
-        room=_room(ctx, writer),
+        room=getattr(writer, "room", None),  # the Writer's free places; other sinks: none
         registry=ctx.registry,
         trace_ids=TraceIdPolicy(cfg.store.trace_ids, sample_ratio=cfg.store.trace_id_sample_ratio),
     )

@@ -277,7 +277,11 @@ def test_emit_never_blocks_and_counts_drops_when_the_queue_is_full(
     w = make_writer(target, batch_size=10, queue_max=50)
     w.emit([rec(i) for i in range(10)])
     assert target.entered.wait(5)  # the worker holds that batch, stuck in the store
-    w.emit([rec(i) for i in range(10, 110)])  # returns although nothing can drain
+    assert w.room() == 50  # the batch in the worker's hands left the queue
+    w.emit([rec(i) for i in range(10, 30)])
+    assert w.room() == 30
+    w.emit([rec(i) for i in range(30, 110)])  # returns although nothing can drain
+    assert w.room() == 0
     assert w.stats().dropped == {"queue_full": 50}
     assert (
         registry.get_sample_value("governor_writer_dropped_records_total", {"reason": "queue_full"})
