@@ -63,6 +63,14 @@ def test_every_bad_field_is_reported_at_once_with_file_and_path(tmp_path: Path) 
     assert messages["pools[0].gpus"] == "unknown field"
     assert "min_replicas (5) must not exceed max_replicas (2)" in messages["pools[1]"]
     assert "'chdb' or 'clickhouse'" in messages["store.driver"]
+    # what was wrong and the value given, not only where
+    assert messages["store.retention.requests_days"] == (
+        "Input should be greater than or equal to 1 (got 0)")  # fmt: skip
+    assert "should match pattern" in messages["pools[0].name"]
+    assert "(got 'bad name')" in messages["pools[0].name"]
+    assert messages["scrape.targets[0].url"] == (
+        "String should match pattern '^https?://' (got 'ftp://x')")  # fmt: skip
+    assert "(got 'nope')" in messages["scrape.targets[0].kind"]
 
 
 @pytest.mark.parametrize(
@@ -112,5 +120,7 @@ def test_config_check_cli_exit_codes_and_output(
         f"error: {f}: server.port: Input should be less than or equal to 65535 (got 99999)" in err
     )
     assert len(err) >= 9
-    assert main(["config", "check", str(tmp_path / "missing.yaml")]) == 2
-    assert "cannot read file" in capsys.readouterr().err
+    missing = tmp_path / "missing.yaml"
+    assert main(["config", "check", str(missing)]) == 2
+    assert f"error: {missing}: cannot read file: No such file or directory" in (
+        capsys.readouterr().err)  # fmt: skip
