@@ -8,7 +8,9 @@ first (the first ever for these SLOs: nothing saved, every whole hour of the win
 read), warm (the next ones: edge minutes and a check of the held hours), hour turn (the
 first after the hour turns, with a warm cache: plus the newly closed hour), restart (the
 first cycle of a fresh process, ``--restarts`` times: the held hours come from
-``slo_hour_state``, saved by the cycles before). The raw scan computes the SLO window
+``slo_hour_state``, saved by the cycles before), and the first cycle again in fresh
+processes (``--firsts`` times: saved hours dropped first, untimed; the cycle reads and
+saves them, as a start with new SLOs does). The raw scan computes the SLO window
 and the tiers' windows (not the no-data window) and checks the SLO-window counts of the
 first cycle at the same instant: for two-significant-digit thresholds they must agree
 exactly. Every timed in-process cycle (first, warm, hour turn) is then checked against
@@ -183,14 +185,17 @@ def check_cycles(
     return bad
 
 
-def restarts(args: argparse.Namespace, now: float) -> tuple[list[float], list[dict[str, Any]]]:
-    """First cycles of fresh processes (the parent must have closed the store): their
-    times and their (good, total) per SLO."""
+def restarts(
+    args: argparse.Namespace, now: float, n: int, first: bool = False
+) -> tuple[list[float], list[dict[str, Any]]]:
+    """``n`` cycles of fresh processes (the parent must have closed the store): their
+    times and their (good, total) per SLO. ``first``: each drops the saved hours first."""
     times, counts = [], []
-    for _ in range(args.restarts):
+    for _ in range(n):
         cmd = [sys.executable, "-m", "bench.slo_eval", "--dir", args.dir, "--database",
                args.database, "--slos", str(args.slos), "--restart-at", repr(now),
-               "--saved-hours" if args.saved_hours else "--no-saved-hours"]  # fmt: skip
+               "--saved-hours" if args.saved_hours else "--no-saved-hours",
+               *(["--drop-saved"] if first else [])]  # fmt: skip
         line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         got = json.loads(line.strip().splitlines()[-1])
         times.append(float(got["cycle_s"]))
@@ -203,6 +208,8 @@ def restart_cycle(args: argparse.Namespace) -> None:
     store = ChdbStore(args.dir, database=args.database)
     migrate(store)
     store.query("SELECT count(), min(ts), max(ts) FROM requests")
+    if args.drop_saved:  # a start with SLOs nothing was saved for (untimed)
+        store.command("TRUNCATE TABLE IF EXISTS slo_hour_state")
     slos = parse_slos({"slos": slo_specs(args.slos)}, "bench")
     ev = Evaluator(store, slos, clock=ManualClock(args.restart_at), save_hours=args.saved_hours)
     dt, results = _cycle(ev)
@@ -220,6 +227,13 @@ def main() -> None:
     ap.add_argument("--raw-slos", type=int, default=0, help="raw-scan only this many (0: all)")
     ap.add_argument("--generate", type=int, default=0, help="rows to generate if empty")
     ap.add_argument("--restarts", type=int, default=3, help="fresh processes timed")
+    ap.add_argument(
+        "--firsts",
+        type=int,
+        default=3,
+        help="fresh processes timed with nothing saved (a start with new SLOs)",
+    )
+    ap.add_argument("--drop-saved", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--saved-hours", action=argparse.BooleanOptionalAction, default=True,
                     help="save held hours for restarts (off: every start reads them)")  # fmt: skip
     ap.add_argument("--restart-at", type=float, help=argparse.SUPPRESS)
@@ -262,7 +276,12 @@ def main() -> None:
     errors = [r for _, rs in timed + turned for r in rs if r.state == "error"]
     cycle_mismatches = check_cycles(store, slos, timed + turned)
     store.close()  # one process per data directory: the restarts open it
-    restart_s, restart_counts = restarts(args, now)
+    first_s, first_counts = restarts(args, now, args.firsts, first=True)
+    print("first cycles (fresh processes, nothing saved): "
+          + ", ".join(f"{s:.3f}s" for s in first_s))  # fmt: skip
+    # After the firsts, so the restarts find what the last of them saved (the same
+    # hours the in-process cycles saved).
+    restart_s, restart_counts = restarts(args, now, args.restarts)
     print(f"restart cycles (fresh processes, {'saved' if args.saved_hours else 'no saved'} "
           "hours): " + ", ".join(f"{s:.3f}s" for s in restart_s))  # fmt: skip
     store = ChdbStore(args.dir, database=args.database)
@@ -283,7 +302,7 @@ def main() -> None:
     raw_s = (time.perf_counter() - t0) * len(slos) / len(raw_slos)
     # A restart must give what the running evaluator gave at the same instant.
     restart_mismatches = [(name, got, [cycled[name].good, cycled[name].total])
-                          for c in restart_counts for name, got in c.items()
+                          for c in restart_counts + first_counts for name, got in c.items()
                           if got != [cycled[name].good, cycled[name].total]]  # fmt: skip
     load_end = _load()
     cold = cycle_s[0]
@@ -298,6 +317,8 @@ def main() -> None:
         "speedup_warm": raw_s / med, "speedup_cold": raw_s / cold,
         "speedup_hour_turn": raw_s / worst_turn, "restart_cycles_s": restart_s,
         "speedup_restart": raw_s / max(restart_s) if restart_s else None,
+        "first_cycles_fresh_s": first_s,
+        "speedup_first_fresh_median": raw_s / statistics.median(first_s) if first_s else None,
         "restart_mismatches": restart_mismatches,
         "mismatches": mismatches, "cycle_mismatches": cycle_mismatches,
         "errors": [e.error for e in errors],
@@ -309,8 +330,12 @@ def main() -> None:
           f"(worst {worst_turn:.3f}s), {raw_s / cold:.0f}x first cycle ({cold:.3f}s), "
           + (f"{raw_s / max(restart_s):.0f}x restart (worst {max(restart_s):.3f}s)"
              if restart_s else "no restarts")
+          + (f", {raw_s / statistics.median(first_s):.0f}x first cycle in a fresh process "
+             f"(median {statistics.median(first_s):.3f}s, worst {max(first_s):.3f}s)"
+             if first_s else "")
           + "; window-count "
-          f"mismatches: {len(mismatches)}, restart mismatches: {len(restart_mismatches)}, "
+          f"mismatches: {len(mismatches)}, restart and first-cycle mismatches: "
+          f"{len(restart_mismatches)}, "
           f"cycles unlike a fresh evaluator: {len(cycle_mismatches)}, errors: {len(errors)}; "
           f"peak RSS {peak_mib:.0f} MiB; "
           f"load {load_start} -> {load_end}")  # fmt: skip
