@@ -8,11 +8,14 @@ hour's request count with the store's, exactly as for hours held in memory, and
 re-reads the hours that got rows since (ingest lag, a backfill, a restart during an
 outage of the collectors). So a cycle after a restart gives what an uncached read gives.
 
-Rows are found by a signature of everything that decides their values: the table, the
-store's schema version (a migration can change what rollups hold), every column's SQL
-and parameter in order, and the series each column is read for (a split read fills a
-column only for the series whose SLOs use it). Changing an SLO's threshold or selector
-changes it, and the next start reads its hours from the rollups once more.
+Rows are found by the table and the store's schema version (a migration can change
+what rollups hold); each row lists its columns (``cols``) by a signature of everything
+that decides their values: the column's SQL and parameter and the series it is read
+for (a split read fills a column only for the series whose SLOs use it). A start takes
+the columns its SLOs still read; a column of a changed or new SLO (another threshold or
+selector) is not among them and is read from the rollups, for every hour, while the
+other columns' hours come from the saved rows. Rows are written with every column the
+process holds, so the newest row of an hour replaces the older ones (``FINAL``).
 
 It is derived data: a failure to load or save is logged and costs a re-read, never a
 different answer.
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 _SCHEMA = pa.schema([
     ("source", pa.string()), ("signature", pa.string()),
     ("hour", pa.timestamp("s", tz="UTC")), ("requests", pa.uint64()),
+    ("cols", pa.list_(pa.string())),
     ("pools", pa.list_(pa.string())), ("models", pa.list_(pa.string())),
     ("tenants", pa.list_(pa.string())), ("vals", pa.list_(pa.int64())),
     ("saved_at", pa.timestamp("us", tz="UTC")),
@@ -56,11 +60,15 @@ class HourState:
         self.hours_saved = 0  # hour rows written
 
     def signature(self, store: Store, table: HourTable) -> str:
+        """The table's rows: its name and the store's schema version."""
         if self._schema is None:
             self._schema = current_version(store)
-        uses = [(col, sorted(table.uses[col])) for col in table.cols]
-        text = repr((table.table, self._schema, uses))
-        return hashlib.sha256(text.encode()).hexdigest()[:32]
+        return _digest((table.table, self._schema), 32)
+
+    @staticmethod
+    def columns(table: HourTable) -> list[str]:
+        """Each column's signature: its SQL, parameter and the series it is read for."""
+        return [_digest((col, sorted(table.uses[col])), 16) for col in table.cols]
 
     def load(self, store: Store, tables: Sequence[tuple[HourTable, datetime, datetime]]) -> None:
         """Restore the saved hours of ``[lo, tm)`` into each table (laid over that range),
@@ -78,7 +86,7 @@ class HourState:
                              f" AND hour < {{tm{k}:DateTime('UTC')}})")  # fmt: skip
             rows = store.query_arrow(
                 "SELECT toString(source) AS source, toUInt32(toUnixTimestamp(hour)) AS h, "
-                f"requests, pools, models, tenants, vals FROM {cv.SLO_HOUR_STATE} FINAL "
+                f"requests, cols, pools, models, tenants, vals FROM {cv.SLO_HOUR_STATE} FINAL "
                 f"WHERE {' OR '.join(conds)}",
                 params,
             )
@@ -88,7 +96,13 @@ class HourState:
         for table, _, _ in tables:
             try:
                 mine = rows.filter(pc.equal(rows["source"], table.table))
-                self.hours_loaded += len(table.restore(_rows(mine, len(table.cols))))
+                index = {sig: k for k, sig in enumerate(self.columns(table))}
+                # rows saved with the same columns are restored together
+                keys = [tuple(c) for c in mine["cols"].to_pylist()]
+                for key in dict.fromkeys(keys):
+                    same = mine.filter(pa.array([k == key for k in keys]))
+                    cols = [index.get(sig, -1) for sig in key]
+                    self.hours_loaded += len(table.restore(_rows(same, len(cols)), cols))
             except ValueError as exc:
                 log.warning("saved SLO hours of %s not loaded (they are read again): %s",
                             table.table, exc)  # fmt: skip
@@ -113,6 +127,7 @@ class HourState:
             [pa.array([table.table] * n), pa.array([self.signature(store, table)] * n),
              pa.array(rows.hours, type=pa.timestamp("s", tz="UTC")),
              pa.array(rows.counts.astype(np.uint64)),
+             pa.array([self.columns(table)] * n, type=pa.list_(pa.string())),
              *(_lists(rows.offsets, [key[j] for key in rows.names]) for j in range(3)),
              _lists(rows.offsets * rows.vals.shape[1], rows.vals.ravel()),
              pa.array([now] * n, type=pa.timestamp("us", tz="UTC"))],
@@ -138,3 +153,7 @@ def _rows(t: pa.Table, ncols: int) -> HourRows:
         offsets[0], list(zip(pools, models, tenants, strict=True)),
         np.asarray(lists[3].flatten(), dtype=np.int64).reshape(-1, ncols),
     )  # fmt: skip
+
+
+def _digest(value: object, size: int) -> str:
+    return hashlib.sha256(repr(value).encode()).hexdigest()[:size]

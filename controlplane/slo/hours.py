@@ -15,7 +15,8 @@ Each cycle brings the held hours up to date:
    differs from the count taken when it was read has received rows since (ingest lag
    longer than the evaluation offset, a backfill, any series): it is read again.
 2. A read of the hours not held yet (all of them on the first cycle, the newly closed
-   hour after the hour turns) and of the changed ones. A long read of many rows (the
+   hour after the hour turns) and of the changed ones, per column: after a restart
+   with one SLO changed, only its columns are read for every hour. A long read of many rows (the
    first cycle on a tenant-level table) runs one SELECT per histogram, each for only
    the series whose SLOs use it; a read of few rows (a pool-level table: ~200 rows a
    day) is one SELECT, since every SELECT costs 10-15 ms of analysis however little it
@@ -24,8 +25,8 @@ Each cycle brings the held hours up to date:
 So a cycle's answer is what an uncached read at the same moment would give. Hours older
 than the oldest window start asked for (less a day of slack) are dropped. With ``saved``
 (``hour_state.HourState``), a table new to the process first takes the hours an earlier
-process saved, before the check, which vets them like any held hour; hours read are
-saved in turn.
+process saved (the columns it still reads), before the check, which vets them like any
+held hour; hours read are saved in turn, with every column.
 """
 
 from __future__ import annotations
@@ -88,6 +89,10 @@ def matches(sel: Series, series: Series) -> bool:
     return all(not s or s == v for s, v in zip(sel, series, strict=True))
 
 
+def _ints(xs: Sequence[int]) -> Ints:
+    return np.asarray(xs, dtype=np.int64)
+
+
 def _hist(col: ColKey) -> str:
     m = _HIST.search(col[0])
     return m.group(0) if m else ""
@@ -110,7 +115,9 @@ class HourTable:
         self.series: dict[Series, int] = {}
         self.vals: Ints = np.zeros((0, 0, len(self.cols)), dtype=np.int64)
         self.fp: Ints = np.zeros(0, dtype=np.int64)  # sum(requests) per hour when read
-        self.read: npt.NDArray[np.bool_] = np.zeros(0, dtype=bool)
+        # read[hour, column]: the column's sums of that hour are held (after a restart,
+        # a column new to the SLO set is read while the others come from saved rows)
+        self.read: npt.NDArray[np.bool_] = np.zeros((0, len(self.cols)), dtype=bool)
         self._prefix: dict[Series, Ints] = {}
         self.restored = False  # saved hours looked up (HourCache.saved)
 
@@ -132,7 +139,7 @@ class HourTable:
                 return
         n = int((new_hi - new_lo) / _HOUR)
         vals = np.zeros((len(self.series), n, len(self.cols)), dtype=np.int64)
-        fp, read = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+        fp, read = np.zeros(n, dtype=np.int64), np.zeros((n, len(self.cols)), dtype=bool)
         if self.lo is not None:  # copy the overlap of the old and new ranges
             shift = int((self.lo - new_lo) / _HOUR)
             a, b = max(0, shift), min(n, shift + len(self.fp))
@@ -145,22 +152,27 @@ class HourTable:
     def reads(self, lo: datetime, counts: Ints, rows: Ints) -> list[HourRead]:
         """What to read so that every hour from ``lo`` on is held as the store has it,
         given the table's request count per hour (``counts``, from the check): the hours
-        not held and those whose count changed. A long read of many rows (``rows``: the
-        table's rows per hour) is one part per histogram, each for only the series
-        whose SLOs use it."""
-        i0 = self._idx(lo)
-        need = ~self.read[i0 : i0 + len(counts)] | (counts != self.fp[i0 : i0 + len(counts)])
-        if not need.any():
-            return []
-        idxs = [i0 + int(k) for k in np.flatnonzero(need)]
-        if len(idxs) > _SPLIT_HOURS and int(rows[need].sum()) > _SPLIT_ROWS:
-            groups: dict[str, list[int]] = {}
-            for i, c in enumerate(self.cols):
-                groups.setdefault(_hist(c), []).append(i)
-            parts = list(groups.values())
-        else:
-            parts = [list(range(len(self.cols)))]
-        return [HourRead(self, idxs, cols, counts[need]) for cols in parts]
+        not held and those whose count changed, per column (columns needing the same
+        hours share a read). A long read of many rows (``rows``: the table's rows per
+        hour) is one part per histogram, each for only the series whose SLOs use it."""
+        i0, n = self._idx(lo), len(counts)
+        need = ~self.read[i0 : i0 + n] | (counts != self.fp[i0 : i0 + n])[:, None]
+        groups: dict[bytes, list[int]] = {}
+        for c in np.flatnonzero(need.any(axis=0)).tolist():
+            groups.setdefault(need[:, c].tobytes(), []).append(c)
+        out = []
+        for cols in groups.values():
+            hours = need[:, cols[0]]
+            idxs = [i0 + int(k) for k in np.flatnonzero(hours)]
+            if len(idxs) > _SPLIT_HOURS and int(rows[hours].sum()) > _SPLIT_ROWS:
+                by_hist: dict[str, list[int]] = {}
+                for c in cols:
+                    by_hist.setdefault(_hist(self.cols[c]), []).append(c)
+                parts = list(by_hist.values())
+            else:
+                parts = [cols]
+            out += [HourRead(self, idxs, part, counts[hours]) for part in parts]
+        return out
 
     def hours_sql(self, idxs: list[int], params: dict[str, Any]) -> str:
         assert self.lo is not None
@@ -184,11 +196,12 @@ class HourTable:
     def store_reads(self, reads: list[HourRead]) -> None:
         """Take the rows of this table's reads (all parts of one statement)."""
         assert self.lo is not None
-        idxs = reads[0].idxs
         parts = [(r, r.rows) for r in reads if r.rows is not None and not r.rows.empty]
         rows_of = [self._series_of(f) for _, f in parts]  # new series get an index here
         self._grow()  # ... and a row of zeros here
-        self.vals[:, idxs] = 0
+        every = np.arange(len(self.series))
+        for r in reads:
+            self.vals[np.ix_(every, _ints(r.idxs), _ints(r.cols))] = 0
         base = int(self.lo.timestamp())
         for (read, f), s in zip(parts, rows_of, strict=True):
             h = (f["key"].to_numpy(dtype=np.int64) - base) // 3600
@@ -196,28 +209,37 @@ class HourTable:
             self.vals[s[:, None], h[:, None], np.array(read.cols)[None, :]] = v
         # The counts were taken before the read: rows landing in between are in the
         # values, not in the count, so the next check reads that hour again.
-        self.fp[idxs] = reads[0].counts
-        self.read[idxs] = True
+        for r in reads:
+            self.fp[r.idxs] = r.counts
+            self.read[np.ix_(_ints(r.idxs), _ints(r.cols))] = True
         self._prefix.clear()
 
-    def restore(self, rows: HourRows) -> list[int]:
+    def restore(self, rows: HourRows, cols: Sequence[int]) -> list[int]:
         """Take saved hours that fall in the held range and are not held yet; returns
-        their indexes. The next check re-reads any whose count has changed since."""
+        their indexes. ``cols``: the table's column for each saved column (-1: one the
+        SLOs no longer read). The next check re-reads any hour whose count has changed
+        since, and the next read fills the columns the saved rows lack."""
         assert self.lo is not None
-        if rows.vals.shape != (len(rows.names), len(self.cols)):
+        if rows.vals.shape != (len(rows.names), len(cols)):
             raise ValueError(f"{rows.vals.shape} saved values for {len(rows.names)} series "
-                             f"x {len(self.cols)} columns")  # fmt: skip
+                             f"x {len(cols)} columns")  # fmt: skip
+        src = [j for j, c in enumerate(cols) if c >= 0]
+        dst = np.array([cols[j] for j in src], dtype=np.int64)
+        if not src:
+            return []
         i = (rows.hours - int(self.lo.timestamp())) // 3600
         take = (i >= 0) & (i < len(self.fp))
-        take[take] = ~self.read[i[take]]
+        take[take] = ~self.read[i[take]].any(axis=1)
         per_hour = np.diff(rows.offsets)
         entries = np.repeat(take, per_hour)
         names = [key for key, e in zip(rows.names, entries.tolist(), strict=True) if e]
         ids = np.array([self.series.setdefault(key, len(self.series)) for key in names],
                        dtype=np.int64)  # fmt: skip
         self._grow()
-        self.vals[ids, np.repeat(i, per_hour)[entries]] = rows.vals[entries]
-        self.fp[i[take]], self.read[i[take]] = rows.counts[take], True
+        hrs = np.repeat(i, per_hour)[entries]
+        self.vals[ids[:, None], hrs[:, None], dst[None, :]] = rows.vals[entries][:, src]
+        self.fp[i[take]] = rows.counts[take]
+        self.read[np.ix_(i[take], dst)] = True
         self._prefix.clear()
         return [int(k) for k in i[take]]
 
@@ -336,11 +358,13 @@ class Reads:
         by_table: dict[str, list[HourRead]] = {}
         for r in self.parts:
             by_table.setdefault(r.table.table, []).append(r)
+        done = []
         for name, reads in by_table.items():
             self.tables[name].store_reads(reads)
-            self.cache.hours_read += len(reads[0].idxs)
-        if self.cache.saved is not None and by_table:
-            done = [(self.tables[name], reads[0].idxs) for name, reads in by_table.items()]
+            hours = sorted(set().union(*(r.idxs for r in reads)))
+            self.cache.hours_read += len(hours)
+            done.append((self.tables[name], hours))
+        if self.cache.saved is not None and done:
             self.cache.saved.save(self.store, done)
         if self.parts:
             self.cache.queries += 1

@@ -218,15 +218,57 @@ def test_a_restart_takes_the_saved_hours_and_reads_only_those_changed_since(
     assert read == 0
 
 
-def test_saved_hours_of_other_columns_are_not_used(store: ChdbStore, now: float) -> None:
+def test_a_changed_threshold_reads_only_its_columns_the_rest_comes_from_saved_hours(
+    store: ChdbStore, now: float
+) -> None:
     traffic(store, now, range(2, 400), per_min=4, bad=1, slow=1)
     _restart(store, _specs(threshold_s=0.5), now)
     # Another threshold is another column: its hours come from the rollups (and the
-    # result from them, not from the 0.5 s sums); the unchanged availability SLO's
-    # columns share the table, so the table's hours are read again as a whole.
-    ev, read = _restart(store, _specs(threshold_s=0.95), now + 20)
-    assert read >= 2 * 700
+    # result from them, not from the 0.5 s sums, which it must not reuse); the
+    # availability columns are the same and come from the saved rows.
+    spy = SqlSpy(store)
+    slos = _specs(threshold_s=0.95)
+    ev = Evaluator(spy, slos, clock=ManualClock(now + 20))  # type: ignore[arg-type]
+    _same(ev.run_once(), Evaluator(store, slos, clock=ManualClock(now + 20),
+                                   save_hours=False).run_once())  # fmt: skip
     assert ev.latest["lat"].good == ev.latest["lat"].total  # 900 ms is under 0.95 s
+    assert ev.hours.saved is not None and ev.hours.saved.hours_loaded >= 2 * 700
+    (stmt,) = [q for q in spy.sql if "UNION ALL" in q and "_hist" in q and "hour" in q]
+    hour_reads = [b for b in stmt.split("UNION ALL") if "FROM requests_1h" in b]
+    assert len(hour_reads) == 2  # both tables: the new column only
+    for b in hour_reads:
+        assert "ttft_hist" in b and "requests - errors" not in b
+    # ... and the next start reads nothing: the rows were saved with every column.
+    _, read = _restart(store, slos, now + 40)
+    assert read == 0
+
+
+class SqlSpy(SpyStore):
+    """A real store that also records the SQL of each query."""
+
+    def __init__(self, inner: ChdbStore) -> None:
+        super().__init__(inner)
+        self.sql: list[str] = []
+
+    def query_df(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
+        self.sql.append(sql)
+        return super().query_df(sql, params)
+
+
+def test_columns_needing_other_hours_are_read_apart() -> None:
+    t0 = utc(1_700_000_000 - 1_700_000_000 % 3600)
+    avail = ("requests - errors", "", 0)
+    lat = ("countIf(ttft_hist < {thr:UInt32})", "thr", 5)
+    sel = frozenset({("chat", "", "")})
+    table = hours.HourTable("requests_1h_pool", {avail: sel, lat: sel})
+    table.cover(t0, t0 + timedelta(hours=48))
+    table.read[:, 0] = True  # availability held for every hour, latency for none
+    table.fp[:] = 10
+    counts = np.full(48, 10, dtype=np.int64)
+    counts[7] = 11  # hour 7 got rows since it was read
+    rows = np.ones(48, dtype=np.int64)
+    got = sorted((r.cols, r.idxs) for r in table.reads(t0, counts, rows))
+    assert got == [([0], [7]), ([1], list(range(48)))]
 
 
 def test_unusable_saved_hours_are_read_again_and_said_so(
