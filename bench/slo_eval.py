@@ -186,21 +186,32 @@ def check_cycles(
 
 
 def restarts(
-    args: argparse.Namespace, now: float, n: int, first: bool = False
+    args: argparse.Namespace, now: float, n: int, *extra: str
 ) -> tuple[list[float], list[dict[str, Any]]]:
     """``n`` cycles of fresh processes (the parent must have closed the store): their
-    times and their (good, total) per SLO. ``first``: each drops the saved hours first."""
+    times and their (good, total) per SLO. ``extra``: ``--drop-saved`` (each drops the
+    saved hours first) or ``--change-one`` (one SLO's threshold changed)."""
     times, counts = [], []
     for _ in range(n):
         cmd = [sys.executable, "-m", "bench.slo_eval", "--dir", args.dir, "--database",
                args.database, "--slos", str(args.slos), "--restart-at", repr(now),
-               "--saved-hours" if args.saved_hours else "--no-saved-hours",
-               *(["--drop-saved"] if first else [])]  # fmt: skip
+               "--saved-hours" if args.saved_hours else "--no-saved-hours", *extra]  # fmt: skip
         line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         got = json.loads(line.strip().splitlines()[-1])
         times.append(float(got["cycle_s"]))
         counts.append(got["counts"])
     return times, counts
+
+
+CHANGED = "slo-004"  # a TPOT latency SLO: --change-one moves its threshold 50 -> 40 ms
+
+
+def changed_specs(n: int) -> list[dict[str, Any]]:
+    specs = slo_specs(n)
+    for spec in specs:
+        if spec["name"] == CHANGED:
+            spec["sli"] = {**spec["sli"], "threshold_s": 0.04}
+    return specs
 
 
 def restart_cycle(args: argparse.Namespace) -> None:
@@ -210,11 +221,19 @@ def restart_cycle(args: argparse.Namespace) -> None:
     store.query("SELECT count(), min(ts), max(ts) FROM requests")
     if args.drop_saved:  # a start with SLOs nothing was saved for (untimed)
         store.command("TRUNCATE TABLE IF EXISTS slo_hour_state")
-    slos = parse_slos({"slos": slo_specs(args.slos)}, "bench")
+    specs = changed_specs(args.slos) if args.change_one else slo_specs(args.slos)
+    slos = parse_slos({"slos": specs}, "bench")
     ev = Evaluator(store, slos, clock=ManualClock(args.restart_at), save_hours=args.saved_hours)
     dt, results = _cycle(ev)
+    counts = {r.slo: [r.good, r.total] for r in results}
+    if args.change_one:  # every SLO checked here against an uncached evaluator (untimed)
+        fresh = Evaluator(store, slos, clock=ManualClock(args.restart_at), save_hours=False)
+        want, got = _answer(fresh.run_once()), _answer(results)
+        # The changed SLO's counts differ from the parent's by design: not sent back.
+        counts = {k: v for k, v in counts.items() if k != CHANGED}
+        counts |= {k: ["unlike an uncached evaluator"] for k in got if got[k] != want[k]}
     store.close()
-    print(json.dumps({"cycle_s": dt, "counts": {r.slo: [r.good, r.total] for r in results}}))
+    print(json.dumps({"cycle_s": dt, "counts": counts}))
 
 
 def main() -> None:
@@ -233,7 +252,14 @@ def main() -> None:
         default=3,
         help="fresh processes timed with nothing saved (a start with new SLOs)",
     )
+    ap.add_argument(
+        "--changed",
+        type=int,
+        default=2,
+        help="fresh processes timed after one SLO's threshold changed",
+    )
     ap.add_argument("--drop-saved", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--change-one", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--saved-hours", action=argparse.BooleanOptionalAction, default=True,
                     help="save held hours for restarts (off: every start reads them)")  # fmt: skip
     ap.add_argument("--restart-at", type=float, help=argparse.SUPPRESS)
@@ -276,7 +302,7 @@ def main() -> None:
     errors = [r for _, rs in timed + turned for r in rs if r.state == "error"]
     cycle_mismatches = check_cycles(store, slos, timed + turned)
     store.close()  # one process per data directory: the restarts open it
-    first_s, first_counts = restarts(args, now, args.firsts, first=True)
+    first_s, first_counts = restarts(args, now, args.firsts, "--drop-saved")
     print("first cycles (fresh processes, nothing saved): "
           + ", ".join(f"{s:.3f}s" for s in first_s))  # fmt: skip
     # After the firsts, so the restarts find what the last of them saved (the same
@@ -284,6 +310,14 @@ def main() -> None:
     restart_s, restart_counts = restarts(args, now, args.restarts)
     print(f"restart cycles (fresh processes, {'saved' if args.saved_hours else 'no saved'} "
           "hours): " + ", ".join(f"{s:.3f}s" for s in restart_s))  # fmt: skip
+    changed_s, changed_counts = [], []
+    for _ in range(args.changed):  # each after a start with the original SLOs (untimed)
+        restarts(args, now, 1)
+        t, c = restarts(args, now, 1, "--change-one")
+        changed_s += t
+        changed_counts += c
+    print(f"restart cycles after {CHANGED}'s threshold changed: "
+          + ", ".join(f"{s:.3f}s" for s in changed_s))  # fmt: skip
     store = ChdbStore(args.dir, database=args.database)
 
     raw_slos = slos[: args.raw_slos] if args.raw_slos else slos
@@ -302,7 +336,8 @@ def main() -> None:
     raw_s = (time.perf_counter() - t0) * len(slos) / len(raw_slos)
     # A restart must give what the running evaluator gave at the same instant.
     restart_mismatches = [(name, got, [cycled[name].good, cycled[name].total])
-                          for c in restart_counts + first_counts for name, got in c.items()
+                          for c in restart_counts + first_counts + changed_counts
+                          for name, got in c.items()
                           if got != [cycled[name].good, cycled[name].total]]  # fmt: skip
     load_end = _load()
     cold = cycle_s[0]
@@ -318,6 +353,7 @@ def main() -> None:
         "speedup_hour_turn": raw_s / worst_turn, "restart_cycles_s": restart_s,
         "speedup_restart": raw_s / max(restart_s) if restart_s else None,
         "first_cycles_fresh_s": first_s,
+        "changed_restart_cycles_s": changed_s,
         "speedup_first_fresh_median": raw_s / statistics.median(first_s) if first_s else None,
         "restart_mismatches": restart_mismatches,
         "mismatches": mismatches, "cycle_mismatches": cycle_mismatches,
@@ -333,6 +369,8 @@ def main() -> None:
           + (f", {raw_s / statistics.median(first_s):.0f}x first cycle in a fresh process "
              f"(median {statistics.median(first_s):.3f}s, worst {max(first_s):.3f}s)"
              if first_s else "")
+          + (f", {raw_s / max(changed_s):.0f}x restart after one SLO changed "
+             f"(worst {max(changed_s):.3f}s)" if changed_s else "")
           + "; window-count "
           f"mismatches: {len(mismatches)}, restart and first-cycle mismatches: "
           f"{len(restart_mismatches)}, "
