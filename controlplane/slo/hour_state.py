@@ -24,6 +24,7 @@ different answer.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -31,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from controlplane import conventions as cv
 from controlplane.errors import GovernorError
@@ -87,23 +87,24 @@ class HourState:
             rows = store.query_arrow(
                 "SELECT toString(source) AS source, toUInt32(toUnixTimestamp(hour)) AS h, "
                 f"requests, cols, pools, models, tenants, vals FROM {cv.SLO_HOUR_STATE} FINAL "
-                f"WHERE {' OR '.join(conds)}",
+                f"WHERE {' OR '.join(conds)} ORDER BY source, hour",
                 params,
             )
         except GovernorError as exc:
             log.warning("saved SLO hours not loaded (they are read again): %s", exc)
             return
+        # Rows come sorted by table: each table's are a slice (no Arrow compute kernels,
+        # whose first calls in a process cost up to ~50 ms).
+        sources = rows["source"].to_pylist()
         for table, _, _ in tables:
             try:
-                mine = rows.filter(pc.equal(rows["source"], table.table))
+                first = sources.index(table.table) if table.table in sources else 0
+                mine = rows.slice(first, sources.count(table.table))
                 index = {sig: k for k, sig in enumerate(self.columns(table))}
-                # rows saved with the same columns are restored together
-                keys = [tuple(c) for c in mine["cols"].to_pylist()]
-                for key in dict.fromkeys(keys):
-                    same = mine.filter(pa.array([k == key for k in keys]))
-                    cols = [index.get(sig, -1) for sig in key]
+                for sigs, same in _by_columns(mine):
+                    cols = [index.get(sig, -1) for sig in sigs]
                     self.hours_loaded += len(table.restore(_rows(same, len(cols)), cols))
-            except ValueError as exc:
+            except (ValueError, pa.ArrowException) as exc:
                 log.warning("saved SLO hours of %s not loaded (they are read again): %s",
                             table.table, exc)  # fmt: skip
 
@@ -139,10 +140,29 @@ def _lists(offsets: Ints, values: object) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), pa.array(values))
 
 
+def _by_columns(t: pa.Table) -> list[tuple[list[str], pa.Table]]:
+    """Runs of consecutive rows saved with the same columns (usually one run)."""
+    if not t.num_rows:
+        return []
+    lists = t["cols"].combine_chunks()
+    sizes = np.diff(np.asarray(lists.offsets))
+    flat = np.asarray(lists.flatten().to_numpy(zero_copy_only=False), dtype=object)
+    if (sizes == sizes[0]).all() and sizes[0]:
+        grid = flat.reshape(len(sizes), -1)
+        change = np.flatnonzero((grid[1:] != grid[:-1]).any(axis=1)) + 1
+    else:  # lists of other lengths: compare row by row
+        keys = [tuple(x) for x in lists.to_pylist()]
+        change = np.array([k for k in range(1, len(keys)) if keys[k] != keys[k - 1]], dtype=int)
+    bounds = [0, *change.tolist(), t.num_rows]
+    return [(lists[a].as_py() or [], t.slice(a, b - a)) for a, b in itertools.pairwise(bounds)]
+
+
 def _rows(t: pa.Table, ncols: int) -> HourRows:
     """Saved rows as ``HourTable.restore`` takes them; ValueError if they do not fit."""
     lists = [t[c].combine_chunks() for c in ("pools", "models", "tenants", "vals")]
+    # from 0 whatever slice of the query's rows ``t`` is (combine_chunks rebases today)
     offsets = [np.asarray(a.offsets, dtype=np.int64) for a in lists]
+    offsets = [o - o[0] for o in offsets]
     if not all(np.array_equal(offsets[0], o) for o in offsets[1:3]):
         raise ValueError("saved series names of unequal lengths")
     if not np.array_equal(offsets[0] * ncols, offsets[3]):

@@ -11,5 +11,6 @@ used: the first start after it reads the hours once, as after m0007.
 from __future__ import annotations
 
 STATEMENTS: list[str] = [
-    "ALTER TABLE slo_hour_state ADD COLUMN IF NOT EXISTS cols Array(String) AFTER requests",
+    "ALTER TABLE slo_hour_state ADD COLUMN IF NOT EXISTS cols Array(LowCardinality(String))"
+    " AFTER requests",
 ]
