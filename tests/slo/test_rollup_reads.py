@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from controlplane.clock import ManualClock, utc
@@ -335,3 +336,34 @@ def test_a_long_read_is_split_per_histogram_only_when_it_covers_many_rows() -> N
 
     assert parts(8) == [[0, 1, 2]]  # 5,760 rows: one SELECT, every column
     assert sorted(parts(400)) == [[0], [1], [2]]  # 288,000 rows: one per histogram
+
+
+def test_saved_rows_are_grouped_by_the_columns_they_hold() -> None:
+    from controlplane.slo.hour_state import _by_columns
+
+    t = pa.table({"cols": [["a", "b"], ["a", "b"], ["a", "c"], ["a", "c"]], "h": [1, 2, 3, 4]})
+    got = [(sigs, part["h"].to_pylist()) for sigs, part in _by_columns(t)]
+    assert got == [(["a", "b"], [1, 2]), (["a", "c"], [3, 4])]
+    t = pa.table({"cols": [["a"], ["a", "b"]], "h": [1, 2]})  # lists of other lengths
+    assert [(s, p.num_rows) for s, p in _by_columns(t)] == [(["a"], 1), (["a", "b"], 1)]
+    assert _by_columns(t.slice(0, 0)) == []
+
+
+def test_hours_saved_by_another_slo_set_give_the_columns_both_read(
+    store: ChdbStore, now: float
+) -> None:
+    traffic(store, now, range(2, 400), per_min=4, bad=1, slow=1)
+    first, _ = _restart(store, _specs(threshold_s=0.5), now)
+    # A process with another threshold re-saves the hours of the last 10 days only
+    # (its windows are 10 days), each row now with its columns.
+    lat95 = {**SLIS["latency"], "threshold_s": 0.95}
+    specs = [{"name": "avail", "selector": {"pool": "chat"}, "sli": SLIS["availability"]},
+             {"name": "lat", "selector": {"pool": "chat"}, "sli": lat95}]  # fmt: skip
+    other = parse_slos({"slos": [{**x, "objective": 99, "window": "10d"} for x in specs]}, "t")
+    Evaluator(store, other, clock=ManualClock(now + 10)).run_once()
+    # The first set again: the older hours hold all its columns, the last 10 days only
+    # the availability ones and the shared latency total; it reads the rest and agrees
+    # with an uncached evaluator (``_restart`` checks that).
+    ev, read = _restart(store, _specs(threshold_s=0.5), now + 20)
+    assert 0 < read <= 10 * 24 + 2  # the pool-level table's last 10 days, one column
+    assert ev.latest["lat"].good == first.latest["lat"].good
