@@ -8,14 +8,15 @@ hour's request count with the store's, exactly as for hours held in memory, and
 re-reads the hours that got rows since (ingest lag, a backfill, a restart during an
 outage of the collectors). So a cycle after a restart gives what an uncached read gives.
 
-Rows are found by the table and the store's schema version (a migration can change
-what rollups hold); each row lists its columns (``cols``) by a signature of everything
-that decides their values: the column's SQL and parameter and the series it is read
-for (a split read fills a column only for the series whose SLOs use it). A start takes
-the columns its SLOs still read; a column of a changed or new SLO (another threshold or
-selector) is not among them and is read from the rollups, for every hour, while the
-other columns' hours come from the saved rows. Rows are written with every column the
-process holds, so the newest row of an hour replaces the older ones (``FINAL``).
+Each row lists its columns (``cols``) by a signature of everything that decides their
+values: the column's SQL and parameter and the series it is read for (a split read
+fills a column only for the series whose SLOs use it). Rows are keyed by the table, the
+store's schema version (a migration can change what rollups hold) and the writer's
+column set, so processes (or batches of SLOs with other offsets) reading other column
+sets keep their own rows. A start takes, per hour, the row with the most columns its
+SLOs read (the newest of those) and restores those columns; a column of a changed or
+new SLO (another threshold or selector) is in no row and is read from the rollups, for
+every hour, while the others come from the saved row.
 
 It is derived data: a failure to load or save is logged and costs a re-read, never a
 different answer.
@@ -59,11 +60,17 @@ class HourState:
         self.hours_loaded = 0  # hours taken from saved rows
         self.hours_saved = 0  # hour rows written
 
-    def signature(self, store: Store, table: HourTable) -> str:
-        """The table's rows: its name and the store's schema version."""
+    def prefix(self, store: Store, table: HourTable) -> str:
+        """What every saved row of the table starts its signature with: the table's name
+        and the store's schema version."""
         if self._schema is None:
             self._schema = current_version(store)
-        return _digest((table.table, self._schema), 32)
+        return _digest((table.table, self._schema), 32) + ":"
+
+    def signature(self, store: Store, table: HourTable) -> str:
+        """The rows this process writes: the prefix and its column set, so processes (or
+        batches of SLOs) reading other column sets keep their own rows of an hour."""
+        return self.prefix(store, table) + _digest(self.columns(table), 16)
 
     @staticmethod
     def columns(table: HourTable) -> list[str]:
@@ -78,16 +85,22 @@ class HourState:
         params: dict[str, Any] = {}
         conds = []
         try:
+            wants = []
             for k, (table, lo, tm) in enumerate(tables):
-                params |= {f"t{k}": table.table, f"s{k}": self.signature(store, table),
-                           f"lo{k}": lo, f"tm{k}": tm}  # fmt: skip
-                conds.append(f"(source = {{t{k}:String}} AND signature = {{s{k}:String}}"
+                params |= {f"t{k}": table.table, f"s{k}": self.prefix(store, table),
+                           f"w{k}": self.columns(table), f"lo{k}": lo, f"tm{k}": tm}  # fmt: skip
+                conds.append(f"(source = {{t{k}:String}} AND startsWith(signature, {{s{k}:String}})"
                              f" AND hour >= {{lo{k}:DateTime('UTC')}}"
                              f" AND hour < {{tm{k}:DateTime('UTC')}})")  # fmt: skip
+                wants.append(f"source = {{t{k}:String}}, {{w{k}:Array(String)}}")
+            # Per hour, the row (of any column set) with the most columns this process
+            # reads, the newest of those.
+            useful = f"length(arrayIntersect(cols, multiIf({', '.join(wants)}, [])))"
             rows = store.query_arrow(
                 "SELECT toString(source) AS source, toUInt32(toUnixTimestamp(hour)) AS h, "
                 f"requests, cols, pools, models, tenants, vals FROM {cv.SLO_HOUR_STATE} FINAL "
-                f"WHERE {' OR '.join(conds)} ORDER BY source, hour",
+                f"WHERE {' OR '.join(conds)} "
+                f"ORDER BY source, hour, {useful} DESC, saved_at DESC LIMIT 1 BY source, hour",
                 params,
             )
         except GovernorError as exc:

@@ -227,6 +227,8 @@ class HourTable:
         dst = np.array([cols[j] for j in src], dtype=np.int64)
         if not src:
             return []
+        if len(set(dst.tolist())) != len(dst):
+            raise ValueError("saved columns repeat")
         i = (rows.hours - int(self.lo.timestamp())) // 3600
         take = (i >= 0) & (i < len(self.fp))
         take[take] = ~self.read[i[take]].any(axis=1)

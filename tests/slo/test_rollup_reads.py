@@ -349,21 +349,66 @@ def test_saved_rows_are_grouped_by_the_columns_they_hold() -> None:
     assert _by_columns(t.slice(0, 0)) == []
 
 
-def test_hours_saved_by_another_slo_set_give_the_columns_both_read(
+def _avail(name: str, pool: str, offset: str = "1m") -> dict[str, Any]:
+    return {"name": name, "selector": {"pool": pool}, "sli": SLIS["availability"],
+            "objective": 99, "window": "30d", "alerting": {"offset": offset}}  # fmt: skip
+
+
+def test_a_column_read_for_other_series_is_not_taken(store: ChdbStore, now: float) -> None:
+    traffic(store, now, range(2, 400), per_min=4, bad=1)
+    traffic(store, now, range(2, 100), per_min=3, bad=2, pool="other")
+    # Process A reads availability for chat only: its `requests` column holds chat's sums.
+    _restart(store, parse_slos({"slos": [_avail("c", "chat")]}, "t"), now)
+    # Process B reads the same SQL for chat and other: it must not take A's column (the
+    # series it was read for are part of its signature); ``_restart`` checks B's answer.
+    both = parse_slos({"slos": [_avail("c", "chat"), _avail("o", "other")]}, "t")
+    ev, read = _restart(store, both, now + 20)
+    assert read >= 700
+    assert (ev.latest["o"].good, ev.latest["o"].total) == (98 * 1, 98 * 3)
+
+
+def test_other_column_sets_keep_their_saved_rows(store: ChdbStore, now: float) -> None:
+    traffic(store, now, range(2, 400), per_min=4, bad=1)
+    traffic(store, now, range(2, 100), per_min=3, bad=2, pool="other")
+    # Two SLO sets on one store (two Governors, or batches of SLOs with other offsets in
+    # one process): each start after the first of each set reads nothing.
+    a = parse_slos({"slos": [_avail("c", "chat")]}, "t")
+    b = parse_slos({"slos": [_avail("c", "chat"), _avail("o", "other")]}, "t")
+    _restart(store, a, now)
+    _restart(store, b, now + 10)
+    for k in range(2):
+        assert _restart(store, a, now + 20 + 20 * k)[1] == 0
+        assert _restart(store, b, now + 30 + 20 * k)[1] == 0
+    # One process with two offsets: two batches, two tables' worth of columns.
+    mixed = parse_slos({"slos": [_avail("c", "chat"), _avail("o", "other", "45m")]}, "t")
+    _restart(store, mixed, now + 100)
+    assert _restart(store, mixed, now + 120)[1] == 0
+
+
+def test_a_changed_threshold_and_a_backfill_are_read_in_one_go(
     store: ChdbStore, now: float
 ) -> None:
     traffic(store, now, range(2, 400), per_min=4, bad=1, slow=1)
-    first, _ = _restart(store, _specs(threshold_s=0.5), now)
-    # A process with another threshold re-saves the hours of the last 10 days only
-    # (its windows are 10 days), each row now with its columns.
-    lat95 = {**SLIS["latency"], "threshold_s": 0.95}
-    specs = [{"name": "avail", "selector": {"pool": "chat"}, "sli": SLIS["availability"]},
-             {"name": "lat", "selector": {"pool": "chat"}, "sli": lat95}]  # fmt: skip
-    other = parse_slos({"slos": [{**x, "objective": 99, "window": "10d"} for x in specs]}, "t")
-    Evaluator(store, other, clock=ManualClock(now + 10)).run_once()
-    # The first set again: the older hours hold all its columns, the last 10 days only
-    # the availability ones and the shared latency total; it reads the rest and agrees
-    # with an uncached evaluator (``_restart`` checks that).
-    ev, read = _restart(store, _specs(threshold_s=0.5), now + 20)
-    assert 0 < read <= 10 * 24 + 2  # the pool-level table's last 10 days, one column
-    assert ev.latest["lat"].good == first.latest["lat"].good
+    _restart(store, _specs(threshold_s=0.5), now)
+    # While no Governor runs: a backfill into one hour and a changed threshold. The new
+    # column needs every hour, the others only the backfilled one (two reads of other
+    # hours in one statement); all of them are saved, so the next start reads nothing.
+    traffic(store, now, range(150, 151), per_min=40, bad=40)
+    slos = _specs(threshold_s=0.95)
+    ev, read = _restart(store, slos, now + 20)
+    assert read >= 700
+    assert _restart(store, slos, now + 40)[1] == 0
+
+
+def test_a_saved_row_naming_a_column_twice_is_refused() -> None:
+    t0 = utc(1_700_000_000 - 1_700_000_000 % 3600)
+    total = ("requests", "", 0)
+    table = hours.HourTable("requests_1h_pool", {total: frozenset({("chat", "", "")})})
+    table.cover(t0, t0 + timedelta(hours=2))
+    one = np.array([int(t0.timestamp())], dtype=np.int64)
+    rows = hours.HourRows(one, np.array([5]), np.array([0, 1]), [("chat", "", "")],
+                          np.array([[3, 4]]))  # fmt: skip
+    with pytest.raises(ValueError, match="saved columns repeat"):
+        table.restore(rows, [0, 0])
+    assert table.restore(rows, [0, -1]) == [0]  # the other column is one no SLO reads
+    assert table.window(("chat", "", ""), total, total, t0, t0 + timedelta(hours=2)).total == 3
