@@ -67,10 +67,10 @@ class HourState:
             self._schema = current_version(store)
         return _digest((table.table, self._schema), 32) + ":"
 
-    def signature(self, store: Store, table: HourTable) -> str:
-        """The rows this process writes: the prefix and its column set, so processes (or
-        batches of SLOs) reading other column sets keep their own rows of an hour."""
-        return self.prefix(store, table) + _digest(self.columns(table), 16)
+    def signature(self, store: Store, table: HourTable, columns: list[str]) -> str:
+        """The rows this process writes: the prefix and its column set (``columns``), so
+        processes (or batches of SLOs) reading other column sets keep their own rows."""
+        return self.prefix(store, table) + _digest(columns, 16)
 
     @staticmethod
     def columns(table: HourTable) -> list[str]:
@@ -137,11 +137,12 @@ class HourState:
     def _table(self, store: Store, table: HourTable, idxs: list[int], now: datetime) -> pa.Table:
         rows = table.saved(idxs)
         n = len(rows.hours)
+        cols = self.columns(table)
         return pa.table(
-            [pa.array([table.table] * n), pa.array([self.signature(store, table)] * n),
+            [pa.array([table.table] * n), pa.array([self.signature(store, table, cols)] * n),
              pa.array(rows.hours, type=pa.timestamp("s", tz="UTC")),
              pa.array(rows.counts.astype(np.uint64)),
-             pa.array([self.columns(table)] * n, type=pa.list_(pa.string())),
+             pa.array([cols] * n, type=pa.list_(pa.string())),
              *(_lists(rows.offsets, [key[j] for key in rows.names]) for j in range(3)),
              _lists(rows.offsets * rows.vals.shape[1], rows.vals.ravel()),
              pa.array([now] * n, type=pa.timestamp("us", tz="UTC"))],
@@ -158,16 +159,11 @@ def _by_columns(t: pa.Table) -> list[tuple[list[str], pa.Table]]:
     if not t.num_rows:
         return []
     lists = t["cols"].combine_chunks()
-    sizes = np.diff(np.asarray(lists.offsets))
-    flat = np.asarray(lists.flatten().to_numpy(zero_copy_only=False), dtype=object)
-    if (sizes == sizes[0]).all() and sizes[0]:
-        grid = flat.reshape(len(sizes), -1)
-        change = np.flatnonzero((grid[1:] != grid[:-1]).any(axis=1)) + 1
-    else:  # lists of other lengths: compare row by row
-        keys = [tuple(x) for x in lists.to_pylist()]
-        change = np.array([k for k in range(1, len(keys)) if keys[k] != keys[k - 1]], dtype=int)
-    bounds = [0, *change.tolist(), t.num_rows]
-    return [(lists[a].as_py() or [], t.slice(a, b - a)) for a, b in itertools.pairwise(bounds)]
+    flat = lists.flatten().to_numpy(zero_copy_only=False)
+    offsets = np.asarray(lists.offsets) - lists.offsets[0].as_py()
+    keys = [tuple(flat[a:b]) for a, b in itertools.pairwise(offsets.tolist())]
+    bounds = [0, *(k for k in range(1, len(keys)) if keys[k] != keys[k - 1]), len(keys)]
+    return [(list(keys[a]), t.slice(a, b - a)) for a, b in itertools.pairwise(bounds)]
 
 
 def _rows(t: pa.Table, ncols: int) -> HourRows:

@@ -15,12 +15,12 @@ Each cycle brings the held hours up to date:
    differs from the count taken when it was read has received rows since (ingest lag
    longer than the evaluation offset, a backfill, any series): it is read again.
 2. A read of the hours not held yet (all of them on the first cycle, the newly closed
-   hour after the hour turns) and of the changed ones, per column: after a restart
-   with one SLO changed, only its columns are read for every hour. A long read of many rows (the
-   first cycle on a tenant-level table) runs one SELECT per histogram, each for only
-   the series whose SLOs use it; a read of few rows (a pool-level table: ~200 rows a
-   day) is one SELECT, since every SELECT costs 10-15 ms of analysis however little it
-   reads.
+   hour after the hour turns) and of the changed ones, per column: after a restart with
+   one SLO changed, only its columns are read for every hour. A long read of many rows
+   (the first cycle on a tenant-level table) runs one SELECT per histogram, each for
+   only the series whose SLOs use it; a read of few rows (a pool-level table: ~200 rows
+   a day) is one SELECT, since every SELECT costs 10-15 ms of analysis however little
+   it reads.
 
 So a cycle's answer is what an uncached read at the same moment would give. Hours older
 than the oldest window start asked for (less a day of slack) are dropped. With ``saved``
