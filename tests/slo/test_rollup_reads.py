@@ -50,22 +50,26 @@ def traffic(store: ChdbStore, at: float, minutes: range, per_min: int, *, bad: i
 
 
 class SpyStore:
-    """A real store that records the tables each query reads."""
+    """A real store that records each query's SQL and the tables it reads."""
 
     def __init__(self, inner: ChdbStore) -> None:
-        self.inner, self.tables = inner, set[str]()
+        self.inner, self.tables, self.sql = inner, set[str](), list[str]()
         self.driver, self.database = inner.driver, inner.database
 
-    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
+    def _saw(self, sql: str) -> None:
+        self.sql.append(sql)
         self.tables |= set(_FROM.findall(sql))
+
+    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
+        self._saw(sql)
         return self.inner.query(sql, params)
 
     def query_df(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
-        self.tables |= set(_FROM.findall(sql))
+        self._saw(sql)
         return self.inner.query_df(sql, params)
 
     def query_arrow(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
-        self.tables |= set(_FROM.findall(sql))
+        self._saw(sql)
         return self.inner.query_arrow(sql, params)
 
     def __getattr__(self, name: str) -> Any:
@@ -227,7 +231,7 @@ def test_a_changed_threshold_reads_only_its_columns_the_rest_comes_from_saved_ho
     # Another threshold is another column: its hours come from the rollups (and the
     # result from them, not from the 0.5 s sums, which it must not reuse); the
     # availability columns are the same and come from the saved rows.
-    spy = SqlSpy(store)
+    spy = SpyStore(store)
     slos = _specs(threshold_s=0.95)
     ev = Evaluator(spy, slos, clock=ManualClock(now + 20))  # type: ignore[arg-type]
     _same(ev.run_once(), Evaluator(store, slos, clock=ManualClock(now + 20),
@@ -242,18 +246,6 @@ def test_a_changed_threshold_reads_only_its_columns_the_rest_comes_from_saved_ho
     # ... and the next start reads nothing: the rows were saved with every column.
     _, read = _restart(store, slos, now + 40)
     assert read == 0
-
-
-class SqlSpy(SpyStore):
-    """A real store that also records the SQL of each query."""
-
-    def __init__(self, inner: ChdbStore) -> None:
-        super().__init__(inner)
-        self.sql: list[str] = []
-
-    def query_df(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
-        self.sql.append(sql)
-        return super().query_df(sql, params)
 
 
 def test_columns_needing_other_hours_are_read_apart() -> None:
