@@ -67,6 +67,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                     "good": e.good, "total": e.total, "error": e.error}
             for e in ev.run_once()
         }  # fmt: skip
+        ev.close()
     finally:
         store.close()
     print(json.dumps(out, indent=2))

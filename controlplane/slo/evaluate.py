@@ -203,10 +203,17 @@ class Evaluator:
                 self.latest[slo.name] = ev
             self._write([ev.row() for ev in out])
             self._notify(signals, now)
+            # The hours read are saved after the cycle: its results do not wait for them.
+            self.hours.flush(self.store, background=True)
             self.cycles += 1
             errors = [ev for ev in out if ev.state == "error"]
             self.last_error = errors[0].error if errors else ""
             return out
+
+    def close(self) -> None:
+        """Write the hours a cycle read and has not saved yet (a stop keeps them)."""
+        with self._lock:
+            self.hours.flush(self.store)
 
     def _batched(self, now: float) -> dict[str, Evaluation]:
         """Occurrences SLOs ending at the same minute share one edge-minute query.

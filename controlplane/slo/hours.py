@@ -26,7 +26,8 @@ So a cycle's answer is what an uncached read at the same moment would give. Hour
 than the oldest window start asked for (less a day of slack) are dropped. With ``saved``
 (``hour_state.HourState``), a table new to the process first takes the hours an earlier
 process saved (the columns it still reads), before the check, which vets them like any
-held hour; hours read are saved in turn, with every column.
+held hour; hours read are saved in turn, with every column (written by ``flush``: the
+evaluator's at the end of each cycle, from a thread, and the next cycle's at its start).
 """
 
 from __future__ import annotations
@@ -344,7 +345,12 @@ class SavedHours(Protocol):
         ...
 
     def save(self, store: Store, reads: Sequence[tuple[HourTable, list[int]]]) -> None:
-        """Keep hours ``idxs`` of each table as just read; never raises."""
+        """Keep hours ``idxs`` of each table as just read, for ``flush``; never raises."""
+        ...
+
+    def flush(self, store: Store, *, background: bool = False) -> None:
+        """Write what ``save`` kept: now, or from a thread of its own that the next
+        ``flush`` (and ``load``) waits for; never raises."""
         ...
 
 
@@ -383,6 +389,11 @@ class HourCache:
         self.hours_read = 0  # hours read from the store, per table (a 30-day read: 720)
         self.queries = 0  # store queries made (checks and reads)
 
+    def flush(self, store: Store, *, background: bool = False) -> None:
+        """Write the hours read since the last flush (``SavedHours.flush``)."""
+        if self.saved is not None:
+            self.saved.flush(store, background=background)
+
     def table(self, name: str, uses: Mapping[ColKey, frozenset[Series]]) -> HourTable:
         """The table's cache, started over (once) when asked for series or columns it lacks."""
         t = self._tables.get(name)
@@ -402,6 +413,8 @@ class HourCache:
         """Each table ``name`` to hold hours ``[lo, tm)`` of ``wanted[name] = (uses, lo)``:
         runs the check (one query for all tables) and returns the reads still needed,
         to run (``statement.run_parts``) and then ``finish``."""
+        if self.saved is not None:  # a write-behind save of the last cycle first
+            self.saved.flush(store)
         tables = {name: self.table(name, uses) for name, (uses, _) in wanted.items()}
         active = [(name, lo) for name, (_, lo) in wanted.items() if lo < tm]
         if not active:

@@ -65,6 +65,7 @@ class SloScheduler:
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None
+        self.evaluator.close()
 
     def health(self) -> dict[str, Any]:
         ev = self.evaluator

@@ -7,6 +7,7 @@ raw table's TTL drops rows older than 30 days) at half past an hour.
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Mapping
 from datetime import timedelta
@@ -200,6 +201,7 @@ def _restart(store: ChdbStore, slos: list[Any], at: float) -> tuple[Evaluator, i
     """A new process's evaluator: its first cycle, checked against an uncached one."""
     ev = Evaluator(store, slos, clock=ManualClock(at))
     got = ev.run_once()
+    ev.close()  # as a stopping process does: the hours it read are written
     _same(got, Evaluator(store, slos, clock=ManualClock(at), save_hours=False).run_once())
     return ev, ev.hours.hours_read
 
@@ -243,9 +245,50 @@ def test_a_changed_threshold_reads_only_its_columns_the_rest_comes_from_saved_ho
     assert len(hour_reads) == 2  # both tables: the new column only
     for b in hour_reads:
         assert "ttft_hist" in b and "requests - errors" not in b
+    ev.close()
     # ... and the next start reads nothing: the rows were saved with every column.
     _, read = _restart(store, slos, now + 40)
     assert read == 0
+
+
+def test_hours_are_saved_after_the_cycle_and_the_next_one_waits_for_the_write(
+    store: ChdbStore, now: float
+) -> None:
+    traffic(store, now, range(2, 400), per_min=4, bad=1, slow=1)
+    slos = _specs()
+    returned, next_cycle, writing = threading.Event(), threading.Event(), threading.Event()
+    seen: list[str] = []
+
+    class SlowSave(SpyStore):
+        def insert_arrow(self, table: str, data: Any, **kw: Any) -> None:
+            if table != "slo_hour_state":
+                return self.inner.insert_arrow(table, data, **kw)
+            writing.set()
+            # Inside the cycle, ``returned`` is never set: 30 s, then said so.
+            seen.append("save after the cycle" if returned.wait(30) else "save in the cycle")
+            next_cycle.wait(30)
+            time.sleep(0.3)  # time for a next cycle that does not wait to query
+            self.inner.insert_arrow(table, data, **kw)
+            writing.clear()
+            seen.append("saved")
+
+        def query(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
+            if writing.is_set():
+                seen.append("query during the save")
+            return super().query(sql, params)
+
+    ev = Evaluator(SlowSave(store), slos, clock=ManualClock(now))  # type: ignore[arg-type]
+    ev.run_once()
+    assert writing.wait(30)
+    returned.set()
+    second = threading.Thread(target=ev.run_once, args=(now + 20,))
+    second.start()
+    next_cycle.set()
+    second.join(60)
+    assert seen == ["save after the cycle", "saved"]
+    assert ev.cycles == 2 and ev.hours.saved is not None and ev.hours.saved.hours_saved >= 1400
+    ev.close()
+    assert _restart(store, slos, now + 40)[1] == 0
 
 
 def test_columns_needing_other_hours_are_read_apart() -> None:
@@ -292,7 +335,9 @@ def test_a_failed_save_or_load_is_logged_and_costs_a_read(
             raise StoreUnavailable("store unavailable: connection refused")
 
     with caplog.at_level("WARNING", logger="controlplane.slo.hour_state"):
-        got = Evaluator(NoSave(store), slos, clock=ManualClock(now)).run_once()  # type: ignore[arg-type]
+        failing = Evaluator(NoSave(store), slos, clock=ManualClock(now))  # type: ignore[arg-type]
+        got = failing.run_once()
+        failing.close()
     assert "not saved (a restart reads them again)" in caplog.text
     _same(got, Evaluator(store, slos, clock=ManualClock(now), save_hours=False).run_once())
     _, read = _restart(store, slos, now + 20)
@@ -404,3 +449,4 @@ def test_a_saved_row_naming_a_column_twice_is_refused() -> None:
         table.restore(rows, [0, 0])
     assert table.restore(rows, [0, -1]) == [0]  # the other column is one no SLO reads
     assert table.window(("chat", "", ""), total, total, t0, t0 + timedelta(hours=2)).total == 3
+
