@@ -32,6 +32,7 @@ evaluator's at the end of each cycle, from a thread, and the next cycle's at its
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -72,18 +73,43 @@ def bind_cols(
 
 
 def selectors_sql(sels: Iterable[Series], params: dict[str, Any], name: str = "sel") -> str:
-    """SQL matching the rows of any of the selectors, bound as ``{name}_p0``... parameters."""
+    """SQL matching the rows of any of the selectors, bound as ``{name}_p0``... parameters.
+
+    Selectors that another one covers add nothing and are dropped; those naming only a
+    pool become one ``pool IN``: each term costs the engine's analysis of every SELECT
+    in a cycle (16 terms for 8 pools, with and without a model: ~5 ms a SELECT)."""
+    uniq = set(sels)
+    if ("", "", "") in uniq:
+        return "1"
+    kept = sorted(s for s in uniq if not _covered(s, uniq))
     terms = []
-    for k, sel in enumerate(sorted(set(sels))):
+    pools = [sel[0] for sel in kept if not sel[1] and not sel[2]]
+    if pools:
+        params[f"{name}_pools"] = pools
+        terms.append(f"pool IN {{{name}_pools:Array(String)}}")
+    for k, sel in enumerate(sel for sel in kept if sel[1] or sel[2]):
         conds = []
         for dim, v in zip(("pool", "model", "tenant"), sel, strict=True):
             if v:
                 params[f"{name}_{dim[0]}{k}"] = v
                 conds.append(f"{dim} = {{{name}_{dim[0]}{k}:String}}")
-        if not conds:
-            return "1"
         terms.append("(" + " AND ".join(conds) + ")")
     return "(" + " OR ".join(terms) + ")" if terms else "0"
+
+
+def _covered(sel: Series, sels: set[Series]) -> bool:
+    """Another of ``sels`` matches every series ``sel`` matches (it names fewer of
+    ``sel``'s dimensions)."""
+    named = [i for i, v in enumerate(sel) if v]
+    for drop in itertools.product((False, True), repeat=len(named)):
+        if any(drop):
+            wider = list(sel)
+            for i, d in zip(named, drop, strict=True):
+                if d:
+                    wider[i] = ""
+            if tuple(wider) in sels:
+                return True
+    return False
 
 
 def matches(sel: Series, series: Series) -> bool:

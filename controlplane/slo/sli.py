@@ -92,7 +92,7 @@ class _Edges:
         if key not in self.cols:
             n = len(self.cols)
             (sql,) = bind_cols([key], self.params, [n])
-            self.col_sql.append(f"{sql} AS c{n}")
+            self.col_sql.append(sql)
             self.cols[key] = n
         return self.cols[key]
 
@@ -138,20 +138,19 @@ class _Edges:
     def select(self, params: dict[str, Any]) -> str:
         """The edge rows: (pool, model, tenant, minute, column sums) per series and minute."""
         params |= self.params
-        sums = ", ".join(f"toUInt64(sum(c{i}))" for i in range(len(self.col_sql)))
+        sums = ", ".join(f"toUInt64(sum({sql}))" for sql in self.col_sql)
         # Models and tenants no SLO selects are merged into '' (which only "any" matches):
         # fewer rows to match, e.g. 8 pools x 4 tenant values instead of x 50 tenants.
         dims = []
-        for i, dim in ((1, "model"), (2, "tenant")):
+        for i, dim, alias in ((1, "model", "b"), (2, "tenant", "c")):
             params[f"keep_{dim}"] = sorted({sel[i] for sel, _, _, _ in self.slos if sel[i]})
-            dims.append(f"if({dim} IN {{keep_{dim}:Array(String)}}, {dim}, '') AS {dim}_k")
+            kept = f"if({dim} IN {{keep_{dim}:Array(String)}}, {dim}, '')"
+            dims.append(f"toString({kept}) AS {alias}")
+        # One flat SELECT: a subquery for the per-row expressions cost ~5 ms more analysis.
         return f"""
-SELECT toString(pool), toString(model_k), toString(tenant_k),
-    toUInt64(toUnixTimestamp(minute)) AS m, {sums} FROM (
-    SELECT pool, {", ".join(dims)}, minute, {", ".join(self.col_sql)}
-    FROM {self.table} WHERE {self.where} AND ({self._ranges(params)})
-)
-GROUP BY pool, model_k, tenant_k, m"""
+SELECT toString(pool) AS a, {", ".join(dims)}, toUInt64(toUnixTimestamp(minute)) AS m, {sums}
+FROM {self.table} WHERE {self.where} AND ({self._ranges(params)})
+GROUP BY a, b, c, m"""
 
     def take(self, df: pd.DataFrame) -> None:
         ncols = len(self.col_sql)

@@ -6,6 +6,7 @@ raw table's TTL drops rows older than 30 days) at half past an hour.
 
 from __future__ import annotations
 
+import random
 import re
 import threading
 import time
@@ -450,3 +451,28 @@ def test_a_saved_row_naming_a_column_twice_is_refused() -> None:
     assert table.restore(rows, [0, -1]) == [0]  # the other column is one no SLO reads
     assert table.window(("chat", "", ""), total, total, t0, t0 + timedelta(hours=2)).total == 3
 
+
+def test_selectors_match_the_same_series_with_covered_ones_dropped(store: ChdbStore) -> None:
+    series = [(p, m, t) for p in ("a", "b", "c") for m in ("m1", "m2") for t in ("", "t1", "t2")]
+    rows = ", ".join(f"('{p}', '{m}', '{t}')" for p, m, t in series)
+    rng = random.Random(7)
+    values = {0: ("", "a", "b", "c"), 1: ("", "m1", "m2"), 2: ("", "t1", "t2")}
+    for _ in range(40):
+        sels = {tuple(rng.choice(values[i]) for i in range(3)) for _ in range(rng.randint(1, 6))}
+        params: dict[str, Any] = {}
+        where = hours.selectors_sql(sels, params)  # type: ignore[arg-type]
+        got = store.query(
+            "SELECT pool, model, tenant FROM values('pool String, model String, tenant String',"
+            f" {rows}) WHERE {where} ORDER BY pool, model, tenant",
+            params,
+        ).rows
+        want = sorted(s for s in series if any(hours.matches(sel, s) for sel in sels))  # type: ignore[arg-type]
+        assert got == want, sels
+    # Covered selectors are dropped; pool-only ones become one IN.
+    params = {}
+    sels = [("a", "", ""), ("a", "m1", ""), ("b", "", "t1"), ("b", "m1", "t1"), ("c", "", ""),
+            ("", "m2", ""), ("b", "m2", "t2")]  # fmt: skip
+    sql = hours.selectors_sql(sels, params)
+    assert sql == ("(pool IN {sel_pools:Array(String)} OR (model = {sel_m0:String})"
+                   " OR (pool = {sel_p1:String} AND tenant = {sel_t1:String}))")  # fmt: skip
+    assert params == {"sel_pools": ["a", "c"], "sel_m0": "m2", "sel_p1": "b", "sel_t1": "t1"}
