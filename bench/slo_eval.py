@@ -19,7 +19,9 @@ state), and each restart against the running evaluator; any difference, or an SL
 the error state, fails the run. The raw scan's first query runs once untimed.
 
 Data: the lead's ``bench.datagen`` dataset (``bench/data/req100m``, database ``bench``);
-generated here with ``--generate`` when missing.
+generated here with ``--generate`` when missing. Before timing, the hourly rollups get
+the compaction ``governor serve`` runs daily (``store/compaction.py``: one part per month
+partition; untimed, reported; ``--no-compact`` keeps the parts as ingested).
 
     flock /tmp/governor-req100m.lock nice -n 5 .venv/bin/python -m bench.slo_eval \
         --dir bench/data/req100m --database bench --cycles 9
@@ -44,6 +46,7 @@ from controlplane.slo.evaluate import Evaluator
 from controlplane.slo.spec import SLO, parse_slos
 from controlplane.slo.windows import format_duration
 from controlplane.store.chdb_driver import ChdbStore
+from controlplane.store.compaction import compact
 from controlplane.store.migrate import migrate
 
 _LATENCY = [("ttft", 0.25), ("ttft", 0.5), ("ttft", 1.0), ("tpot", 0.03), ("tpot", 0.05),
@@ -157,6 +160,7 @@ def hour_turns(
         _cycle(ev)  # warm
         clock.set(turn + 60 + 7)  # until = floor_minute(now - 1m) = the turn
         dt, results = _cycle(ev)
+        ev.close()
         out.append(dt)
         checked.append((clock.now(), results))
     return out, checked
@@ -231,6 +235,7 @@ def restart_cycle(args: argparse.Namespace) -> None:
     slos = parse_slos({"slos": specs}, "bench")
     ev = Evaluator(store, slos, clock=ManualClock(args.restart_at), save_hours=args.saved_hours)
     dt, results = _cycle(ev)
+    ev.close()  # the hours it read are written after the cycle (write-behind): untimed
     counts = {r.slo: [r.good, r.total] for r in results}
     if args.change_one is not None:  # every SLO checked against an uncached evaluator
         fresh = Evaluator(store, slos, clock=ManualClock(args.restart_at), save_hours=False)
@@ -268,6 +273,8 @@ def main() -> None:
     ap.add_argument("--change-one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--saved-hours", action=argparse.BooleanOptionalAction, default=True,
                     help="save held hours for restarts (off: every start reads them)")  # fmt: skip
+    ap.add_argument("--compact", action=argparse.BooleanOptionalAction, default=True,
+                    help="compact the hourly rollups first, as serve does daily")  # fmt: skip
     ap.add_argument("--restart-at", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--out", default="bench/results/slo_eval.json")
     args = ap.parse_args()
@@ -283,6 +290,11 @@ def main() -> None:
         generate(store, args.generate, days=28.0)
         rows, lo, hi = store.query("SELECT count(), min(ts), max(ts) FROM requests").rows[0]
     print(f"dataset: {rows:,} request rows from {lo} to {hi}; load {load_start}")
+    compacted = compact(store) if args.compact else []
+    print(f"compaction: {len(compacted)} partitions merged in "
+          f"{sum(c.seconds for c in compacted):.1f}s"
+          + "".join(f"; {c.partition.table} {c.partition.partition_id}: {c.error}"
+                    for c in compacted if c.error))  # fmt: skip
     store.command("TRUNCATE TABLE IF EXISTS slo_evaluations")
     store.command("TRUNCATE TABLE IF EXISTS slo_hour_state")  # cycle 0: the first ever
     slos = parse_slos({"slos": slo_specs(args.slos)}, "bench")
@@ -307,6 +319,7 @@ def main() -> None:
     print("hour-turn cycles (warm cache, new hour read): " + ", ".join(f"{s:.3f}s" for s in turn_s))
     errors = [r for _, rs in timed + turned for r in rs if r.state == "error"]
     cycle_mismatches = check_cycles(store, slos, timed + turned)
+    ev.close()
     store.close()  # one process per data directory: the restarts open it
     first_s, first_counts = restarts(args, now, args.firsts, "--drop-saved")
     print("first cycles (fresh processes, nothing saved): "
@@ -351,6 +364,8 @@ def main() -> None:
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report = {
         "rows": rows, "slos": len(slos), "saved_hours": args.saved_hours,
+        "compacted": [[c.partition.table, c.partition.partition_id, c.partition.parts,
+                       round(c.seconds, 1), c.error] for c in compacted],
         "cycles": cycle_s, "cold_cycle_s": cold,
         "median_warm_cycle_s": med, "max_warm_cycle_s": max(cycle_s[1:], default=cold),
         "hour_turn_cycles_s": turn_s, "raw_cycle_s": raw_s, "raw_slos_scanned": len(raw_slos),

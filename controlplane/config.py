@@ -29,6 +29,14 @@ class RetentionConfig(_Model):
     minute_rollups_days: int = Field(35, ge=1)
 
 
+class CompactionConfig(_Model):
+    """The hourly rollups' compaction job (``controlplane/store/compaction.py``)."""
+
+    enabled: bool = True
+    interval_s: float = Field(86_400.0, ge=60)
+    max_parts: int = Field(1, ge=1)  # partitions with more parts than this are merged
+
+
 class StoreConfig(_Model):
     driver: Literal["chdb", "clickhouse"] | None = None  # None: clickhouse if a URL is set
     data_dir: str = cv.DEFAULT_DATA_DIR
@@ -38,6 +46,7 @@ class StoreConfig(_Model):
     query_timeout_s: float = Field(30.0, gt=0)
     async_insert: bool = False
     retention: RetentionConfig = RetentionConfig()
+    compaction: CompactionConfig = CompactionConfig()
     # Which request rows keep trace/span ids (24 incompressible bytes a row): exemplars
     # (errors, slow requests and a sample; see collector/exemplars.py), all, or none.
     trace_ids: Literal["all", "exemplars", "none"] = "exemplars"

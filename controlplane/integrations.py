@@ -10,3 +10,4 @@ import controlplane.alerting  # noqa: F401  alert engine (before SLOs, which fee
 import controlplane.ingest  # noqa: F401  OTLP/HTTP receiver -> span mapping -> writer
 import controlplane.scraping  # noqa: F401  scrape loop -> writer; target health for the policy
 import controlplane.slo.scheduler  # noqa: F401  SLO evaluation job (apscheduler)
+import controlplane.store.compaction  # noqa: F401  hourly rollups merged, a part a month
