@@ -44,6 +44,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from controlplane.slo.burn import Counts
+from controlplane.slo.statement import Rows
 from controlplane.store.base import Store
 
 ColKey = tuple[str, str, int]  # (per-row SQL expression, its parameter's name, value)
@@ -223,7 +224,7 @@ class HourTable:
     def store_reads(self, reads: list[HourRead]) -> None:
         """Take the rows of this table's reads (all parts of one statement)."""
         assert self.lo is not None
-        parts = [(r, r.rows) for r in reads if r.rows is not None and not r.rows.empty]
+        parts = [(r, r.rows) for r in reads if r.rows is not None and len(r.rows)]
         rows_of = [self._series_of(f) for _, f in parts]  # new series get an index here
         self._grow()  # ... and a row of zeros here
         every = np.arange(len(self.series))
@@ -231,9 +232,8 @@ class HourTable:
             self.vals[np.ix_(every, _ints(r.idxs), _ints(r.cols))] = 0
         base = int(self.lo.timestamp())
         for (read, f), s in zip(parts, rows_of, strict=True):
-            h = (f["key"].to_numpy(dtype=np.int64) - base) // 3600
-            v = f.iloc[:, 5 : 5 + len(read.cols)].fillna(0).to_numpy(dtype=np.int64)
-            self.vals[s[:, None], h[:, None], np.array(read.cols)[None, :]] = v
+            h = (f.key - base) // 3600
+            self.vals[s[:, None], h[:, None], np.array(read.cols)[None, :]] = f.vals
         # The counts were taken before the read: rows landing in between are in the
         # values, not in the count, so the next check reads that hour again.
         for r in reads:
@@ -293,12 +293,12 @@ class HourTable:
             grow = np.zeros((len(self.series) - self.vals.shape[0], *self.vals.shape[1:]))
             self.vals = np.concatenate([self.vals, grow.astype(np.int64)])
 
-    def _series_of(self, f: pd.DataFrame) -> Ints:
+    def _series_of(self, f: Rows) -> Ints:
         """Each row's series index, from its (pool, model, tenant) columns ``a, b, c``.
 
         Rows are coded as one integer per distinct triple (a Python key per distinct
         series, not per row: ~36k rows per 30-day read)."""
-        codes, names = zip(*(pd.factorize(f[c].to_numpy()) for c in "abc"), strict=True)
+        codes, names = zip(*(pd.factorize(x) for x in (f.a, f.b, f.c)), strict=True)
         combined = (codes[0] * len(names[1]) + codes[1]) * len(names[2]) + codes[2]
         keys, inverse = np.unique(combined, return_inverse=True)
         ab, c = np.divmod(keys, len(names[2]))
@@ -338,7 +338,7 @@ class HourRead:
 
     def __init__(self, table: HourTable, idxs: list[int], cols: list[int], counts: Ints) -> None:
         self.table, self.idxs, self.cols, self.counts = table, idxs, cols, counts
-        self.rows: pd.DataFrame | None = None
+        self.rows: Rows | None = None
 
     @property
     def width(self) -> int:
@@ -356,8 +356,8 @@ class HourRead:
             " GROUP BY pool, model, tenant, h"
         )
 
-    def take(self, rows: pd.DataFrame) -> None:
-        self.rows = rows.set_axis(["part", "a", "b", "c", "key", *rows.columns[5:]], axis=1)
+    def take(self, rows: Rows) -> None:
+        self.rows = rows
 
 
 class SavedHours(Protocol):

@@ -20,12 +20,11 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 
 from controlplane.slo.burn import Counts
 from controlplane.slo.hours import ColKey, HourCache, Series, bind_cols, selectors_sql
 from controlplane.slo.spec import GAUGE_FIELDS, SLO
-from controlplane.slo.statement import run_parts
+from controlplane.slo.statement import Rows, run_parts
 from controlplane.store.base import Store, check_identifier
 from controlplane.store.rollups import floor_minute, round_up_2sig
 
@@ -152,11 +151,8 @@ SELECT toString(pool) AS a, {", ".join(dims)}, toUInt64(toUnixTimestamp(minute))
 FROM {self.table} WHERE {self.where} AND ({self._ranges(params)})
 GROUP BY a, b, c, m"""
 
-    def take(self, df: pd.DataFrame) -> None:
-        ncols = len(self.col_sql)
-        dims = [df.iloc[:, i].to_numpy() for i in (1, 2, 3)]
-        minute = df.iloc[:, 4].to_numpy(dtype=np.int64)
-        vals = df.iloc[:, 5 : 5 + ncols].to_numpy(dtype=np.int64)
+    def take(self, rows: Rows) -> None:
+        dims, minute, vals = [rows.a, rows.b, rows.c], rows.key, rows.vals
         # in_window[w, row]: the row's minute is one of window w's edge minutes.
         bounds = np.array(
             [[int(t.timestamp()) for t in key] for key in self.windows], dtype=np.int64

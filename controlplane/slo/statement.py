@@ -11,13 +11,29 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-import pandas as pd
+import numpy as np
+import numpy.typing as npt
 
 from controlplane.store.base import Store
 
 _PARAM = re.compile(r"\{(\w+):")
+
+
+@dataclass(frozen=True)
+class Rows:
+    """One part's rows: the three strings, the key and ``vals[row, column]``."""
+
+    a: npt.NDArray[np.object_]
+    b: npt.NDArray[np.object_]
+    c: npt.NDArray[np.object_]
+    key: npt.NDArray[np.int64]
+    vals: npt.NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return len(self.key)
 
 
 class Part(Protocol):
@@ -30,8 +46,8 @@ class Part(Protocol):
         """SQL returning ``a, b, c, key, v0..v{width-1}``; binds its ``params``."""
         ...
 
-    def take(self, rows: pd.DataFrame) -> None:
-        """This part's rows (columns ``part, a, b, c, key, v0...``; extra values are 0)."""
+    def take(self, rows: Rows) -> None:
+        """This part's rows (``rows.vals`` has its ``width`` columns)."""
         ...
 
 
@@ -51,10 +67,16 @@ def run_parts(store: Store, parts: Sequence[Part]) -> None:
         params |= {f"p{k}_{name}": v for name, v in own.items()}
         pad = "".join(", toUInt64(0)" for _ in range(part.width, width))
         selects.append(f"SELECT toUInt32({k}) AS part, *{pad} FROM ({sql})")
-    df = store.query_df("\nUNION ALL\n".join(selects), params)
-    by_part = df.groupby(df.columns[0], sort=False) if not df.empty else None
+    # Arrow straight to numpy: a DataFrame and its groupby cost ~20 ms more a cycle.
+    t = store.query_arrow("\nUNION ALL\n".join(selects), params)
+    cols = [t.column(i).to_numpy() for i in range(t.num_columns)]
+    part_of = cols[0].astype(np.int64)
+    order = np.argsort(part_of, kind="stable")
+    bounds = np.searchsorted(part_of[order], np.arange(len(parts) + 1))
+    strs = [np.asarray(c, dtype=object)[order] for c in cols[1:4]]
+    key = cols[4].astype(np.int64)[order]
+    vals = (np.column_stack(cols[5:]) if width else np.zeros((len(key), 0))).astype(np.int64)
+    vals = vals[order]
     for k, part in enumerate(parts):
-        if by_part is not None and k in by_part.groups:
-            part.take(by_part.get_group(k))
-        else:
-            part.take(df.iloc[0:0])
+        i = slice(int(bounds[k]), int(bounds[k + 1]))
+        part.take(Rows(strs[0][i], strs[1][i], strs[2][i], key[i], vals[i, : part.width]))
