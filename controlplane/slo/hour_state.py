@@ -45,7 +45,7 @@ from controlplane import conventions as cv
 from controlplane.errors import GovernorError
 from controlplane.slo.hours import HourRows, HourTable, Ints
 from controlplane.store.base import Store
-from controlplane.store.migrate import current_version
+from controlplane.store.migrate import known_migrations
 
 log = logging.getLogger(__name__)
 
@@ -71,17 +71,19 @@ class HourState:
         self._writer: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def prefix(self, store: Store, table: HourTable) -> str:
+    def prefix(self, table: HourTable) -> str:
         """What every saved row of the table starts its signature with: the table's name
-        and the store's schema version."""
+        and the schema version (a migration can change what the rollups hold). The
+        version is this Governor's newest migration, not a query: every store it
+        evaluates is migrated to it at open, and a newer one is refused."""
         if self._schema is None:
-            self._schema = current_version(store)
+            self._schema = known_migrations()[-1].version
         return _digest((table.table, self._schema), 32) + ":"
 
-    def signature(self, store: Store, table: HourTable, columns: list[str]) -> str:
+    def signature(self, table: HourTable, columns: list[str]) -> str:
         """The rows this process writes: the prefix and its column set (``columns``), so
         processes (or batches of SLOs) reading other column sets keep their own rows."""
-        return self.prefix(store, table) + _digest(columns, 16)
+        return self.prefix(table) + _digest(columns, 16)
 
     @staticmethod
     def columns(table: HourTable) -> list[str]:
@@ -99,7 +101,7 @@ class HourState:
         try:
             wants = []
             for k, (table, lo, tm) in enumerate(tables):
-                params |= {f"t{k}": table.table, f"s{k}": self.prefix(store, table),
+                params |= {f"t{k}": table.table, f"s{k}": self.prefix(table),
                            f"w{k}": self.columns(table), f"lo{k}": lo, f"tm{k}": tm}  # fmt: skip
                 conds.append(f"(source = {{t{k}:String}} AND startsWith(signature, {{s{k}:String}})"
                              f" AND hour >= {{lo{k}:DateTime('UTC')}}"
@@ -162,7 +164,7 @@ class HourState:
         self, store: Store, noted: list[tuple[list[tuple[HourTable, list[int]]], datetime]]
     ) -> None:
         try:
-            built = (self._table(store, t, idxs, at) for reads, at in noted for t, idxs in reads)
+            built = (self._table(t, idxs, at) for reads, at in noted for t, idxs in reads)
             data = [p for p in built if p.num_rows]
             if not data:
                 return
@@ -173,12 +175,12 @@ class HourState:
         except Exception:  # a bug, perhaps on the writer thread: said, not raised
             log.exception("SLO hours not saved (a restart reads them again)")
 
-    def _table(self, store: Store, table: HourTable, idxs: list[int], now: datetime) -> pa.Table:
+    def _table(self, table: HourTable, idxs: list[int], now: datetime) -> pa.Table:
         rows = table.saved(idxs)
         n = len(rows.hours)
         cols = self.columns(table)
         return pa.table(
-            [pa.array([table.table] * n), pa.array([self.signature(store, table, cols)] * n),
+            [pa.array([table.table] * n), pa.array([self.signature(table, cols)] * n),
              pa.array(rows.hours, type=pa.timestamp("s", tz="UTC")),
              pa.array(rows.counts.astype(np.uint64)),
              pa.array([cols] * n, type=pa.list_(pa.string())),
