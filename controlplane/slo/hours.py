@@ -344,16 +344,16 @@ class HourRead:
     def width(self) -> int:
         return len(self.cols)
 
-    def select(self, params: dict[str, Any]) -> str:
+    def select(self, params: dict[str, Any]) -> tuple[str, str]:
         t = self.table
         exprs = bind_cols([t.cols[i] for i in self.cols], params, self.cols)
         sels = frozenset().union(*(t.uses[t.cols[i]] for i in self.cols))
         sums = ", ".join(f"toUInt64(sum({e}))" for e in exprs)
         return (
-            "SELECT toString(pool), toString(model), toString(tenant),"
-            f" toUInt64(toUnixTimestamp(hour)) AS h, {sums} FROM {t.table}"
-            f" WHERE {selectors_sql(sels, params)} AND {t.hours_sql(self.idxs, params)}"
-            " GROUP BY pool, model, tenant, h"
+            "toString(pool), toString(model), toString(tenant),"
+            f" toUInt64(toUnixTimestamp(hour)) AS h, {sums}",
+            f"FROM {t.table} WHERE {selectors_sql(sels, params)}"
+            f" AND {t.hours_sql(self.idxs, params)} GROUP BY pool, model, tenant, h",
         )
 
     def take(self, rows: Rows) -> None:

@@ -134,7 +134,7 @@ class _Edges:
                 )
         return " OR ".join(terms) or "0"
 
-    def select(self, params: dict[str, Any]) -> str:
+    def select(self, params: dict[str, Any]) -> tuple[str, str]:
         """The edge rows: (pool, model, tenant, minute, column sums) per series and minute."""
         params |= self.params
         sums = ", ".join(f"toUInt64(sum({sql}))" for sql in self.col_sql)
@@ -146,10 +146,12 @@ class _Edges:
             kept = f"if({dim} IN {{keep_{dim}:Array(String)}}, {dim}, '')"
             dims.append(f"toString({kept}) AS {alias}")
         # One flat SELECT: a subquery for the per-row expressions cost ~5 ms more analysis.
-        return f"""
-SELECT toString(pool) AS a, {", ".join(dims)}, toUInt64(toUnixTimestamp(minute)) AS m, {sums}
-FROM {self.table} WHERE {self.where} AND ({self._ranges(params)})
-GROUP BY a, b, c, m"""
+        ranges = self._ranges(params)
+        return (
+            f"toString(pool) AS a, {', '.join(dims)}, toUInt64(toUnixTimestamp(minute)) AS m,"
+            f" {sums}",
+            f"FROM {self.table} WHERE {self.where} AND ({ranges}) GROUP BY a, b, c, m",
+        )
 
     def take(self, rows: Rows) -> None:
         dims, minute, vals = [rows.a, rows.b, rows.c], rows.key, rows.vals

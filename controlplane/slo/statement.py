@@ -42,8 +42,9 @@ class Part(Protocol):
         """Number of value columns."""
         ...
 
-    def select(self, params: dict[str, Any]) -> str:
-        """SQL returning ``a, b, c, key, v0..v{width-1}``; binds its ``params``."""
+    def select(self, params: dict[str, Any]) -> tuple[str, str]:
+        """A SELECT returning ``a, b, c, key, v0..v{width-1}`` in two pieces: its column
+        list and the rest (``FROM ...``); binds its ``params``."""
         ...
 
     def take(self, rows: Rows) -> None:
@@ -63,10 +64,12 @@ def run_parts(store: Store, parts: Sequence[Part]) -> None:
     selects = []
     for k, part in enumerate(parts):
         own: dict[str, Any] = {}
-        sql = _rename(part.select(own), f"p{k}_")
+        head, rest = (_rename(sql, f"p{k}_") for sql in part.select(own))
         params |= {f"p{k}_{name}": v for name, v in own.items()}
         pad = "".join(", toUInt64(0)" for _ in range(part.width, width))
-        selects.append(f"SELECT toUInt32({k}) AS part, *{pad} FROM ({sql})")
+        # The part's own SELECT with the part number and padding added, not wrapped in a
+        # subquery: ~25 ms less for a first cycle's statement of nine parts.
+        selects.append(f"SELECT toUInt32({k}) AS part, {head}{pad} {rest}")
     # Arrow straight to numpy: a DataFrame and its groupby cost ~20 ms more a cycle.
     t = store.query_arrow("\nUNION ALL\n".join(selects), params)
     cols = [t.column(i).to_numpy() for i in range(t.num_columns)]
