@@ -21,7 +21,8 @@ the error state, fails the run. The raw scan's first query runs once untimed.
 Data: the lead's ``bench.datagen`` dataset (``bench/data/req100m``, database ``bench``);
 generated here with ``--generate`` when missing. Before timing, the hourly rollups get
 the compaction ``governor serve`` runs daily (``store/compaction.py``: one part per month
-partition; untimed, reported; ``--no-compact`` keeps the parts as ingested).
+partition; untimed, reported; ``--no-compact`` leaves the parts as they are: a dataset
+compacted once stays so).
 
     flock /tmp/governor-req100m.lock nice -n 5 .venv/bin/python -m bench.slo_eval \
         --dir bench/data/req100m --database bench --cycles 9
@@ -274,7 +275,8 @@ def main() -> None:
     ap.add_argument("--saved-hours", action=argparse.BooleanOptionalAction, default=True,
                     help="save held hours for restarts (off: every start reads them)")  # fmt: skip
     ap.add_argument("--compact", action=argparse.BooleanOptionalAction, default=True,
-                    help="compact the hourly rollups first, as serve does daily")  # fmt: skip
+                    help="compact the hourly rollups first, as serve does daily (it stays "
+                         "so: --no-compact only leaves the parts as they are)")  # fmt: skip
     ap.add_argument("--restart-at", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--out", default="bench/results/slo_eval.json")
     args = ap.parse_args()

@@ -33,7 +33,8 @@ class CompactionConfig(_Model):
     """The hourly rollups' compaction job (``controlplane/store/compaction.py``)."""
 
     enabled: bool = True
-    interval_s: float = Field(86_400.0, ge=60)
+    # Daily at this hour (UTC): on the embedded store other store calls wait for a merge.
+    hour_utc: int = Field(3, ge=0, le=23)
     max_parts: int = Field(1, ge=1)  # partitions with more parts than this are merged
 
 

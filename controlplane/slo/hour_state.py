@@ -60,7 +60,8 @@ _SCHEMA = pa.schema([
 
 
 class HourState:
-    """Loads and saves one store's held hours; ``HourCache`` calls it."""
+    """Loads and saves one store's held hours; ``HourCache`` calls it. Not for calls from
+    two threads at once: the evaluator's lock serializes its cycles and ``close``."""
 
     def __init__(self) -> None:
         self._schema: int | None = None

@@ -77,10 +77,13 @@ class _Embedded:
         os.close(self._lock_fd)
 
     def close(self) -> None:
-        try:
-            self.session.close()
-        finally:
-            self._release()
+        # Under the lock: a query or insert running on another thread (the SLO engine's
+        # write-behind save) finishes before the session goes.
+        with self.lock:
+            try:
+                self.session.close()
+            finally:
+                self._release()
 
 
 _registry_lock = threading.Lock()

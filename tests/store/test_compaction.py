@@ -10,11 +10,19 @@ from typing import Any
 import pytest
 
 from controlplane.api.auth import TokenAuth
+from controlplane.clock import ManualClock
 from controlplane.config import CompactionConfig, GovernorConfig, StoreConfig, parse_config
 from controlplane.errors import ConfigError, QueryError, StoreUnavailable
 from controlplane.server import build_context
 from controlplane.store.chdb_driver import ChdbStore
-from controlplane.store.compaction import HOURLY_ROLLUPS, Compactor, build, compact, fragmented
+from controlplane.store.compaction import (
+    HOURLY_ROLLUPS,
+    Compactor,
+    build,
+    compact,
+    fragmented,
+    seconds_until_hour,
+)
 from tests.store.test_rollup_views import _rows
 
 _SNAPSHOT = (
@@ -130,28 +138,58 @@ class _Down:
 
 
 def test_compactor_reports_an_unavailable_store_and_keeps_running() -> None:
-    c = Compactor(_Down(), 3600)  # type: ignore[arg-type]
+    c = Compactor(_Down())  # type: ignore[arg-type]
     assert c.run_once() == []
     assert c.health()["last_error"] == "embedded store unavailable: gone"
     assert c.health()["runs"] == 0
 
 
-def test_compactor_runs_after_its_first_delay_until_stopped(fragmented_store: ChdbStore) -> None:
-    ran = threading.Event()
+def test_the_job_runs_daily_at_its_hour() -> None:
+    midnight = 1_700_006_400.0  # 2023-11-15 00:00 UTC
+    assert seconds_until_hour(midnight, 3) == 3 * 3600
+    assert seconds_until_hour(midnight + 3 * 3600, 3) == 86_400  # just ran: tomorrow
+    assert seconds_until_hour(midnight + 5 * 3600 + 30, 3) == 22 * 3600 - 30
+    with pytest.raises(ValueError, match="hour_utc must be 0-23"):
+        Compactor(_Down(), 24)  # type: ignore[arg-type]
 
-    class Watched(Compactor):
-        def run_once(self) -> Any:
-            out = super().run_once()
-            ran.set()
-            return out
 
-    c = Watched(fragmented_store, 3600, first_delay_s=0)
+class _Gate:
+    """Stands in for ``threading.Event``: the first wait returns at once, as if the hour
+    had come; later ones until ``stop`` sets it."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+        self.ran, self.stopped = threading.Event(), threading.Event()
+
+    def wait(self, delay: float) -> bool:
+        self.delays.append(delay)
+        if len(self.delays) == 1:
+            return False
+        self.ran.set()
+        return self.stopped.wait(30)
+
+    def set(self) -> None:
+        self.stopped.set()
+
+    def is_set(self) -> bool:
+        return self.stopped.is_set()
+
+    def clear(self) -> None:
+        self.stopped.clear()
+
+
+def test_compactor_runs_at_its_hour_until_stopped(fragmented_store: ChdbStore) -> None:
+    clock = ManualClock(1_700_006_400.0 + 3600)  # 01:00 UTC
+    c = Compactor(fragmented_store, 3, clock=clock)
+    gate = _Gate()
+    c._stop = gate  # type: ignore[assignment]
     c.start()
     try:
-        assert ran.wait(30)
-        assert c.health() | {"interval_s": 0} == {
-            "running": True, "interval_s": 0, "runs": 1, "partitions_compacted": 4,
-            "last_error": "",
+        assert gate.ran.wait(30)  # ran once, now waiting for the next day
+        assert gate.delays[0] == 2 * 3600
+        assert c.health() | {"next_run": 0} == {
+            "running": True, "hour_utc": 3, "next_run": 0, "runs": 1,
+            "partitions_compacted": 4, "last_error": "",
         }  # fmt: skip
     finally:
         c.stop()
@@ -159,15 +197,34 @@ def test_compactor_runs_after_its_first_delay_until_stopped(fragmented_store: Ch
     assert set(_parts(fragmented_store).values()) == {1}
 
 
+def test_a_stop_during_a_run_merges_no_further_partition(fragmented_store: ChdbStore) -> None:
+    asked: list[str] = []
+
+    def stopping() -> bool:
+        asked.append("?")
+        return len(asked) > 1  # stop requested while the first partition merged
+
+    merges: list[str] = []
+
+    class Recording(_FailingOptimize):
+        def command(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+            merges.append(sql)
+            super().command(sql, params)
+
+    done = compact(Recording(fragmented_store, "none"), stopping=stopping)  # type: ignore[arg-type]
+    assert len(done) == 1 and not done[0].error
+    assert merges == ["OPTIMIZE TABLE requests_1h PARTITION ID '202611' FINAL"]
+
+
 def test_serve_adds_the_job_unless_disabled(store: ChdbStore) -> None:
     auth = TokenAuth({"t": "viewer"})
     on = build_context(GovernorConfig(), store, auth, builders=[build])
-    assert on.components["rollup-compaction"].health()["interval_s"] == 86_400
+    assert on.components["rollup-compaction"].health()["hour_utc"] == 3
     off_cfg = GovernorConfig(store=StoreConfig(compaction=CompactionConfig(enabled=False)))
     off = build_context(off_cfg, store, auth, builders=[build])
     assert "rollup-compaction" not in off.components
 
 
-def test_config_rejects_a_too_short_interval() -> None:
-    with pytest.raises(ConfigError, match=r"store\.compaction\.interval_s"):
-        parse_config({"store": {"compaction": {"interval_s": 5}}})
+def test_config_rejects_an_hour_out_of_the_day() -> None:
+    with pytest.raises(ConfigError, match=r"store\.compaction\.hour_utc"):
+        parse_config({"store": {"compaction": {"hour_utc": 24}}})
