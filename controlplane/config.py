@@ -33,7 +33,7 @@ class CompactionConfig(_Model):
     """The hourly rollups' compaction job (``controlplane/store/compaction.py``)."""
 
     enabled: bool = True
-    # Daily at this hour (UTC): on the embedded store other store calls wait for a merge.
+    # Daily at this hour (UTC): a quiet one, since a merge takes a core for seconds.
     hour_utc: int = Field(3, ge=0, le=23)
     max_parts: int = Field(1, ge=1)  # partitions with more parts than this are merged
 

@@ -18,6 +18,7 @@ import pyarrow as pa
 from controlplane.errors import QueryError
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_PARTITION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def check_identifier(name: str, what: str = "identifier") -> str:
@@ -25,6 +26,16 @@ def check_identifier(name: str, what: str = "identifier") -> str:
     if not _IDENT.match(name):
         raise QueryError(f"invalid {what} {name!r}: expected letters, digits and _")
     return name
+
+
+def optimize_sql(table: str, partition_id: str, database: str = "") -> str:
+    """``OPTIMIZE TABLE ... PARTITION ID '...' FINAL``: the statement takes no bound
+    parameters, so the names are checked as identifiers and the id by its pattern."""
+    check_identifier(table, "table name")
+    if not _PARTITION_ID.match(partition_id):
+        raise QueryError(f"invalid partition id {partition_id!r} of {table}")
+    qualified = f"{check_identifier(database, 'database name')}.{table}" if database else table
+    return f"OPTIMIZE TABLE {qualified} PARTITION ID '{partition_id}' FINAL"
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,11 @@ class Store(Protocol):
 
     def insert_arrow(self, table: str, data: pa.Table, *, dedup_token: str | None = None) -> None:
         """Insert an Arrow table whose columns already have the table's types (fast path)."""
+        ...
+
+    def optimize_partition(self, table: str, partition_id: str) -> None:
+        """Merge one partition of ``table`` into one part (``OPTIMIZE ... FINAL``) without
+        holding up the store's other calls; raises QueryError if the merge fails."""
         ...
 
     def status(self) -> StoreStatus: ...

@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 
 from controlplane.errors import QueryError, StoreError, StoreLocked, StoreUnavailable
-from controlplane.store.base import QueryResult, StoreStatus, check_identifier
+from controlplane.store.base import QueryResult, StoreStatus, check_identifier, optimize_sql
 from controlplane.store.typed import TypedInserts, result_from_arrow
 
 _LOCK_FILE = ".governor.lock"
@@ -270,6 +270,26 @@ class ChdbStore(TypedInserts):
                 if _UNAVAILABLE.search(msg):
                     raise StoreUnavailable(f"embedded store unavailable: {msg}") from exc
                 raise QueryError(_first_line(msg)) from exc
+
+    def optimize_partition(self, table: str, partition_id: str) -> None:
+        """On a connection of its own to the same embedded engine, outside the session's
+        lock: a merge takes seconds (15 s for a month of ``requests_1h`` at 100M
+        requests), during which the session's other calls would all wait."""
+        if self._closed:
+            raise StoreUnavailable("store is closed")
+        import chdb
+
+        sql = optimize_sql(table, partition_id, self.database)
+        try:
+            conn: Any = chdb.connect(str(self.path))  # type: ignore[no-untyped-call]
+        except Exception as exc:
+            raise StoreUnavailable(f"embedded store unavailable: {exc}") from exc
+        try:
+            conn.query(sql, "CSV")
+        except Exception as exc:
+            raise QueryError(_first_line(_engine_message(str(exc)))) from exc
+        finally:
+            conn.close()
 
     def status(self) -> StoreStatus:
         from controlplane.store.migrate import current_version

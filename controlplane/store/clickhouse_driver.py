@@ -38,7 +38,7 @@ from controlplane.errors import (
     StoreError,
     StoreUnavailable,
 )
-from controlplane.store.base import QueryResult, StoreStatus, check_identifier
+from controlplane.store.base import QueryResult, StoreStatus, check_identifier, optimize_sql
 from controlplane.store.typed import TypedInserts, result_from_arrow
 
 _SERVER_MESSAGE = re.compile(r"(Code: \d+\..*?)(?: \(for url [^)]*\))?\s*$", re.DOTALL)
@@ -153,6 +153,11 @@ class ClickHouseStore(TypedInserts):
             client.command(sql, parameters=self._binds(sql, params))
         if sql.lstrip().upper().startswith(("CREATE", "ALTER", "DROP")):
             self._types.clear()
+
+    def optimize_partition(self, table: str, partition_id: str) -> None:
+        """The server merges while it serves others; a merge longer than the socket
+        timeout comes back as an error while the server goes on merging."""
+        self.command(optimize_sql(table, partition_id))
 
     def _arrow(self, sql: str, params: Mapping[str, Any] | None) -> pa.Table:
         client = self._live()

@@ -13,17 +13,16 @@ decompresses nearly all of them. One part per month keeps each series' hours tog
 The job runs once a day at ``store.compaction.hour_utc`` (default 03:00 UTC) and merges
 only the partitions holding more than ``max_parts`` parts: a closed month once, the
 current one once per run (rewriting it: ~15 s of one core at the end of a month of 100M
-requests). On the embedded store the merge runs in the store's one session, so every
-other store call waits for it (the writer buffers; hence a quiet hour); a ClickHouse
-server merges while serving, but reports a merge longer than ``query_timeout_s`` as an
-error (it goes on merging). Only the hourly tables: the per-minute rollups are read for
-edge minutes, a few ranges of granules.
+requests), at a quiet hour since it takes CPU from everything else. The merge runs on
+a connection of its own (``Store.optimize_partition``: on the embedded store, not in
+the session every other call waits for); a ClickHouse server reports a merge longer
+than ``query_timeout_s`` as an error (and goes on merging). Only the hourly tables: the
+per-minute rollups are read for edge minutes, a few ranges of granules.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -41,7 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HOURLY_ROLLUPS = ("requests_1h", "requests_1h_pool")
-_PARTITION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 @dataclass(frozen=True)
@@ -89,15 +87,9 @@ def compact(
     for p in fragmented(store, tables, max_parts):
         if stopping():
             break
-        # OPTIMIZE takes no bound parameters: the id is checked, then quoted.
-        if not _PARTITION_ID.match(p.partition_id):
-            msg = f"unexpected partition id {p.partition_id!r}: not merged"
-            log.warning("compacting %s: %s", p.table, msg)
-            out.append(Compacted(p, 0.0, msg))
-            continue
         start = time.perf_counter()
         try:
-            store.command(f"OPTIMIZE TABLE {p.table} PARTITION ID '{p.partition_id}' FINAL")
+            store.optimize_partition(p.table, p.partition_id)
         except GovernorError as exc:
             log.warning("compacting %s partition %s failed: %s", p.table, p.partition_id, exc)
             out.append(Compacted(p, time.perf_counter() - start, str(exc)))

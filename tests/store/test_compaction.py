@@ -14,6 +14,7 @@ from controlplane.clock import ManualClock
 from controlplane.config import CompactionConfig, GovernorConfig, StoreConfig, parse_config
 from controlplane.errors import ConfigError, QueryError, StoreUnavailable
 from controlplane.server import build_context
+from controlplane.store.base import Store
 from controlplane.store.chdb_driver import ChdbStore
 from controlplane.store.compaction import (
     HOURLY_ROLLUPS,
@@ -104,10 +105,10 @@ class _FailingOptimize:
         self._store, self._table = store, table
         self.database = store.database
 
-    def command(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
-        if sql.startswith(f"OPTIMIZE TABLE {self._table} "):
+    def optimize_partition(self, table: str, partition_id: str) -> None:
+        if table == self._table:
             raise QueryError("Code: 388. DB::Exception: Cannot OPTIMIZE table")
-        self._store.command(sql, params)
+        self._store.optimize_partition(table, partition_id)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
@@ -207,13 +208,50 @@ def test_a_stop_during_a_run_merges_no_further_partition(fragmented_store: ChdbS
     merges: list[str] = []
 
     class Recording(_FailingOptimize):
-        def command(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
-            merges.append(sql)
-            super().command(sql, params)
+        def optimize_partition(self, table: str, partition_id: str) -> None:
+            merges.append(f"{table} {partition_id}")
+            super().optimize_partition(table, partition_id)
 
     done = compact(Recording(fragmented_store, "none"), stopping=stopping)  # type: ignore[arg-type]
     assert len(done) == 1 and not done[0].error
-    assert merges == ["OPTIMIZE TABLE requests_1h PARTITION ID '202611' FINAL"]
+    assert merges == ["requests_1h 202611"]
+
+
+def test_the_embedded_merge_does_not_wait_for_the_session(fragmented_store: ChdbStore) -> None:
+    # The session's lock held throughout (as by a long query on another thread): a merge
+    # that needed it could not finish before the lock is let go.
+    finished = threading.Event()
+    merge = threading.Thread(
+        target=lambda: (
+            fragmented_store.optimize_partition("requests_1h", "202611"),
+            finished.set(),
+        ),  # fmt: skip
+    )
+    with fragmented_store._emb.lock:
+        merge.start()
+        assert finished.wait(30)
+    merge.join()
+    assert _parts(fragmented_store)[("requests_1h", "202611")] == 1
+
+
+def test_partition_ids_and_names_are_checked_before_any_sql(store: ChdbStore) -> None:
+    for table, pid, message in (("requests_1h", "2026'; DROP", "invalid partition id"),
+                                ("requests_1h x", "202611", "invalid table name")):  # fmt: skip
+        with pytest.raises(QueryError, match=message):
+            store.optimize_partition(table, pid)
+    with pytest.raises(QueryError, match="UNKNOWN_TABLE|does not exist|doesn't exist"):
+        store.optimize_partition("no_such_table", "202611")
+
+
+def test_both_drivers_merge_a_partition(any_store: Store) -> None:
+    any_store.command("SYSTEM STOP MERGES requests_1h")
+    for seed in range(2):
+        start = datetime(2026, 11, 10, tzinfo=UTC)
+        any_store.insert_arrow("requests", _rows(50, start, timedelta(hours=5), seed))
+    any_store.command("SYSTEM START MERGES requests_1h")
+    assert _parts(any_store)[("requests_1h", "202611")] >= 2  # type: ignore[arg-type]
+    any_store.optimize_partition("requests_1h", "202611")
+    assert _parts(any_store)[("requests_1h", "202611")] == 1  # type: ignore[arg-type]
 
 
 def test_serve_adds_the_job_unless_disabled(store: ChdbStore) -> None:
