@@ -21,8 +21,8 @@ every hour, while the others come from the saved row.
 Saving is write-behind: ``save`` notes the hours just read, and ``flush`` builds their
 rows and writes them, from a thread of its own at the end of a cycle (~40 ms of a first
 cycle's ~0.4 s, and nothing in the cycle needs it). The tables keep those hours as read
-until their next read, which flushes first (``HourCache.prepare``); the next ``load``
-waits for the write too, and ``Evaluator.close`` flushes.
+until their next read, which flushes first (``HourCache.prepare``, before any ``load``
+too), and ``Evaluator.close`` flushes.
 
 It is derived data: a failure to load or save is logged and costs a re-read, never a
 different answer.
@@ -96,7 +96,6 @@ class HourState:
         one query for all. A table whose rows do not fit is left to be read."""
         if not tables:
             return
-        self.flush(store)  # rows being written are rows to load
         params: dict[str, Any] = {}
         conds = []
         try:

@@ -32,7 +32,6 @@ evaluator's at the end of each cycle, from a thread, and the next cycle's at its
 
 from __future__ import annotations
 
-import itertools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -99,18 +98,8 @@ def selectors_sql(sels: Iterable[Series], params: dict[str, Any], name: str = "s
 
 
 def _covered(sel: Series, sels: set[Series]) -> bool:
-    """Another of ``sels`` matches every series ``sel`` matches (it names fewer of
-    ``sel``'s dimensions)."""
-    named = [i for i, v in enumerate(sel) if v]
-    for drop in itertools.product((False, True), repeat=len(named)):
-        if any(drop):
-            wider = list(sel)
-            for i, d in zip(named, drop, strict=True):
-                if d:
-                    wider[i] = ""
-            if tuple(wider) in sels:
-                return True
-    return False
+    """Another of ``sels`` matches every series ``sel`` matches."""
+    return any(other != sel and matches(other, sel) for other in sels)
 
 
 def matches(sel: Series, series: Series) -> bool:
@@ -376,7 +365,7 @@ class SavedHours(Protocol):
 
     def flush(self, store: Store, *, background: bool = False) -> None:
         """Write what ``save`` kept: now, or from a thread of its own that the next
-        ``flush`` (and ``load``) waits for; never raises."""
+        ``flush`` waits for; never raises."""
         ...
 
 
@@ -439,8 +428,7 @@ class HourCache:
         """Each table ``name`` to hold hours ``[lo, tm)`` of ``wanted[name] = (uses, lo)``:
         runs the check (one query for all tables) and returns the reads still needed,
         to run (``statement.run_parts``) and then ``finish``."""
-        if self.saved is not None:  # a write-behind save of the last cycle first
-            self.saved.flush(store)
+        self.flush(store)  # a write-behind save of the last cycle first (and before load)
         tables = {name: self.table(name, uses) for name, (uses, _) in wanted.items()}
         active = [(name, lo) for name, (_, lo) in wanted.items() if lo < tm]
         if not active:
